@@ -1,0 +1,2 @@
+"""Block families; importing this package registers every section type."""
+from . import conv, res2net, routing, yolo_layer  # noqa: F401

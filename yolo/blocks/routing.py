@@ -1,0 +1,145 @@
+"""Sections that move tensors around: [route] [shortcut] [upsample] [maxpool] [dropout]."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..cfg import Section
+from ..registry import Block, BuildContext, register
+from .conv import make_activation
+
+
+@register("route")
+class Route(Block):
+    """Concatenate earlier outputs; with groups, the group_id-th channel slice of each."""
+
+    def __init__(self, inputs: tuple[int, ...], slices: list[tuple[int, int]], stride: float) -> None:
+        super().__init__(sum(b - a for a, b in slices), stride)
+        self.inputs = inputs
+        self.slices = slices
+        self.whole = True  # no channel slicing (groups=1)
+
+    @classmethod
+    def from_section(cls, s: Section, ctx: BuildContext) -> "Route":
+        layers = s.ints("layers")
+        if not layers:
+            raise s.error("needs at least one layer", "layers")
+        groups = s.int("groups", 1)
+        group_id = s.int("group_id", 0)
+        if groups < 1 or not 0 <= group_id < groups:
+            raise s.error(f"needs groups >= 1 and 0 <= group_id < groups, got {groups}, {group_id}",
+                          "group_id")
+        inputs = tuple(ctx.layer_index(s, v, "layers") for v in layers)
+        slices = []
+        for i in inputs:
+            c = ctx.channels[i]
+            if c % groups:
+                raise s.error(f"layer {i} has {c} channels, not divisible by groups={groups}", "groups")
+            part = c // groups
+            slices.append((part * group_id, part * (group_id + 1)))
+        strides = {ctx.strides[i] for i in inputs}
+        if len(strides) > 1:
+            raise s.error(f"layers {list(inputs)} have different strides {sorted(strides)}: "
+                          "their maps cannot be concatenated", "layers")
+        block = cls(inputs, slices, ctx.strides[inputs[0]])
+        block.whole = groups == 1
+        return block
+
+    def forward(self, x: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
+        if not self.whole:
+            refs = [r[:, a:b] for r, (a, b) in zip(refs, self.slices)]
+        return refs[0] if len(refs) == 1 else torch.cat(refs, 1)
+
+
+@register("shortcut")
+class Shortcut(Block):
+    """Residual sum with an earlier output, then the activation (Darknet default linear).
+
+    When channel counts differ, Darknet adds the overlapping channels; so do we.
+    """
+
+    def __init__(self, inputs: tuple[int, ...], channels: int, ref_channels: list[int],
+                 act: nn.Module, stride: float) -> None:
+        super().__init__(channels, stride)
+        self.inputs = inputs
+        self.ref_channels = ref_channels
+        self.act = act
+
+    @classmethod
+    def from_section(cls, s: Section, ctx: BuildContext) -> "Shortcut":
+        inputs = tuple(ctx.layer_index(s, v, "from") for v in s.ints("from"))
+        act = make_activation(s, "linear")
+        for i in inputs:
+            if ctx.strides[i] != ctx.stride_in:
+                raise s.error(f"layer {i} has stride {ctx.strides[i]}, this input has "
+                              f"{ctx.stride_in}: the maps cannot be added", "from")
+        return cls(inputs, ctx.c_in, [ctx.channels[i] for i in inputs], act, ctx.stride_in)
+
+    def forward(self, x: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
+        for r, c in zip(refs, self.ref_channels):
+            if c == self.out_channels:
+                x = x + r
+            else:
+                n = min(c, self.out_channels)
+                x = torch.cat([x[:, :n] + r[:, :n], x[:, n:]], 1)
+        return self.act(x)
+
+
+@register("upsample")
+class Upsample(Block):
+    def __init__(self, channels: int, factor: int, stride: float) -> None:
+        super().__init__(channels, stride)
+        self.factor = factor
+
+    @classmethod
+    def from_section(cls, s: Section, ctx: BuildContext) -> "Upsample":
+        factor = s.int("stride", 2)
+        if factor < 1:
+            raise s.error(f"expected a positive stride, got {factor}", "stride")
+        return cls(ctx.c_in, factor, ctx.stride_in / factor)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, scale_factor=self.factor, mode="nearest")
+
+
+@register("maxpool")
+class MaxPool(Block):
+    """Darknet max-pool: total padding ``size - 1`` by default, left/top gets half (floor)."""
+
+    def __init__(self, channels: int, size: int, step: int, padding: int, stride: float) -> None:
+        super().__init__(channels, stride)
+        self.size, self.step = size, step
+        lo = padding // 2
+        self.pads = (lo, padding - lo, lo, padding - lo)
+
+    @classmethod
+    def from_section(cls, s: Section, ctx: BuildContext) -> "MaxPool":
+        size = s.int("size", 1)
+        step = s.int("stride", 1)
+        padding = s.int("padding", size - 1)
+        if size < 1 or step < 1 or padding < 0:
+            raise s.error(f"needs size >= 1, stride >= 1, padding >= 0; got {size}, {step}, {padding}")
+        return cls(ctx.c_in, size, step, padding, ctx.stride_in * step)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if any(self.pads):
+            x = F.pad(x, self.pads, value=float("-inf"))
+        return F.max_pool2d(x, self.size, self.step)
+
+
+@register("dropout")
+class Dropout(Block):
+    def __init__(self, channels: int, p: float, stride: float) -> None:
+        super().__init__(channels, stride)
+        self.drop = nn.Dropout(p)
+
+    @classmethod
+    def from_section(cls, s: Section, ctx: BuildContext) -> "Dropout":
+        p = s.float("probability", 0.5)
+        if not 0 <= p < 1:
+            raise s.error(f"expected 0 <= probability < 1, got {p}", "probability")
+        return cls(ctx.c_in, p, ctx.stride_in)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(x)

@@ -1,0 +1,185 @@
+"""Darknet cfg text -> typed sections.
+
+Every value is parsed from text exactly once, through a typed getter that knows the
+file and line it came from, so a malformed value is reported where it was written and
+``"0"`` can never be mistaken for true.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CFG_DIR = REPO_ROOT / "cfg"
+
+_REQUIRED: Any = object()
+
+
+class ConfigError(ValueError):
+    """A problem in a cfg file; the message names file, line, section and key."""
+
+
+class UnusedKeyWarning(UserWarning):
+    """A cfg key no block reads (Darknet prints "Unused field")."""
+
+
+@dataclass
+class Section:
+    """One ``[type]`` block of a cfg file with its raw options and where each came from."""
+
+    type: str
+    file: str
+    line: int
+    index: int = -1  # position after [net]; -1 for [net] itself
+    options: dict[str, str] = field(default_factory=dict)
+    key_lines: dict[str, int] = field(default_factory=dict)
+    used: set[str] = field(default_factory=set)
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    # --- locating -----------------------------------------------------------------
+    def where(self, key: str | None = None) -> str:
+        line = self.key_lines.get(key, self.line) if key else self.line
+        return f"{self.file}:{line}: [{self.type}]" + (f" key '{key}'" if key else "")
+
+    def error(self, message: str, key: str | None = None) -> ConfigError:
+        return ConfigError(f"{self.where(key)}: {message}")
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.options
+
+    # --- typed getters --------------------------------------------------------------
+    def _get(self, key: str, default: Any, kind: str, convert: Callable[[str], Any]) -> Any:
+        self.used.add(key)
+        if key not in self.options:
+            if default is _REQUIRED:
+                raise self.error(f"missing required key '{key}' ({kind})")
+            return default
+        cache_key = f"{kind}:{key}"
+        if cache_key not in self._cache:
+            raw = self.options[key]
+            try:
+                self._cache[cache_key] = convert(raw)
+            except (ValueError, TypeError):
+                raise self.error(f"expected {kind}, got '{raw}'", key) from None
+        return self._cache[cache_key]
+
+    def int(self, key: str, default: Any = _REQUIRED) -> int:
+        return self._get(key, default, "an integer", _to_int)
+
+    def float(self, key: str, default: Any = _REQUIRED) -> float:
+        return self._get(key, default, "a number", float)
+
+    def bool(self, key: str, default: Any = _REQUIRED) -> bool:
+        return self._get(key, default, "0 or 1", _to_bool)
+
+    def str(self, key: str, default: Any = _REQUIRED) -> str:
+        return self._get(key, default, "a string", lambda s: s.strip())
+
+    def ints(self, key: str, default: Any = _REQUIRED) -> list[int]:
+        return self._get(key, default, "a comma-separated list of integers",
+                         lambda s: [_to_int(v) for v in _split(s)])
+
+    def floats(self, key: str, default: Any = _REQUIRED) -> list[float]:
+        return self._get(key, default, "a comma-separated list of numbers",
+                         lambda s: [float(v) for v in _split(s)])
+
+    def choice(self, key: str, choices: Sequence[str], default: Any = _REQUIRED) -> str:
+        value = self.str(key, default)
+        if value not in choices:
+            raise self.error(f"expected one of {', '.join(choices)}, got '{value}'", key)
+        return value
+
+    def unused(self) -> list[str]:
+        return [k for k in self.options if k not in self.used]
+
+    def warn_unused(self) -> None:
+        for key in self.unused():
+            warnings.warn(f"{self.where(key)}: unused field (no block reads it)",
+                          UnusedKeyWarning, stacklevel=3)
+
+    def to_text(self) -> str:
+        lines = [f"[{self.type}]"] + [f"{k}={v}" for k, v in self.options.items()]
+        return "\n".join(lines) + "\n"
+
+
+def _split(text: str) -> list[str]:
+    parts = [p.strip() for p in text.split(",")]
+    return [p for p in parts if p]
+
+
+def _to_int(text: str) -> int:
+    text = text.strip()
+    try:
+        return int(text)
+    except ValueError:
+        value = float(text)  # Darknet's atoi accepts "1.0"-style; refuse fractions
+        if value != int(value):
+            raise
+        return int(value)
+
+
+def _to_bool(text: str) -> bool:
+    value = _to_int(text)
+    if value not in (0, 1):
+        raise ValueError(text)
+    return bool(value)
+
+
+def resolve_path(name: str | Path, folder: Path, what: str) -> Path:
+    """A path as given, or a bare file name looked up in one of the repo's folders."""
+    path = Path(name)
+    if path.exists():
+        return path
+    candidate = folder / path.name
+    if candidate.exists():
+        return candidate
+    raise FileNotFoundError(f"{what} not found: '{name}' (also looked in {folder})")
+
+
+def resolve_cfg(name: str | Path) -> Path:
+    return resolve_path(name, CFG_DIR, "cfg file")
+
+
+def parse_cfg_text(text: str, file: str = "<string>") -> list[Section]:
+    """Sections in file order; the first must be ``[net]`` or ``[network]``."""
+    sections: list[Section] = []
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        line = raw.split("#", 1)[0].split(";", 1)[0].strip()
+        if not line:
+            continue
+        if line.startswith("["):
+            if not line.endswith("]") or len(line) < 3:
+                raise ConfigError(f"{file}:{lineno}: malformed section header '{raw.strip()}'")
+            kind = line[1:-1].strip().lower()
+            sections.append(Section(kind, file, lineno, index=len(sections) - 1))
+            continue
+        if "=" not in line:
+            raise ConfigError(f"{file}:{lineno}: expected 'key=value', got '{raw.strip()}'")
+        if not sections:
+            raise ConfigError(f"{file}:{lineno}: 'key=value' before any [section]")
+        key, value = (p.strip() for p in line.split("=", 1))
+        if not key:
+            raise ConfigError(f"{file}:{lineno}: empty key in '{raw.strip()}'")
+        sec = sections[-1]
+        if key in sec.options:
+            warnings.warn(f"{file}:{lineno}: [{sec.type}] key '{key}' repeated; the last value wins",
+                          UnusedKeyWarning, stacklevel=2)
+        sec.options[key] = value
+        sec.key_lines[key] = lineno
+    if not sections:
+        raise ConfigError(f"{file}: no sections found")
+    if sections[0].type not in ("net", "network"):
+        raise ConfigError(f"{file}:{sections[0].line}: the first section must be [net], "
+                          f"got [{sections[0].type}]")
+    return sections
+
+
+def parse_cfg(path: str | Path) -> list[Section]:
+    path = resolve_cfg(path)
+    return parse_cfg_text(path.read_text(), str(path))
+
+
+def sections_to_text(sections: Sequence[Section]) -> str:
+    return "\n".join(s.to_text() for s in sections)

@@ -1,0 +1,118 @@
+"""Darknet: the nn.Module built from a cfg by the block registry."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import blocks  # noqa: F401  (registers every section type)
+from . import weights as weights_io
+from .cfg import ConfigError, Section, parse_cfg, resolve_cfg, sections_to_text
+from .netconfig import NetConfig
+from .registry import Block, BuildContext, build_block
+
+
+class Darknet(nn.Module):
+    """A network described by a Darknet cfg; ``module_list`` has one module per section.
+
+    Training mode returns the raw output of each ``[yolo]`` layer, each (B, na, ny, nx, 5+C).
+    Eval mode returns one tensor (B, N, 5+C): cx, cy, w, h in input pixels, objectness,
+    class probabilities; rows by [yolo] layer, anchor, grid row, grid column.
+    """
+
+    def __init__(self, cfg: str | Path, warn_unused: bool = True) -> None:
+        super().__init__()
+        self.cfg_path = resolve_cfg(cfg)
+        self.cfg_text = self.cfg_path.read_text()
+        sections = parse_cfg(self.cfg_path)
+        self.net = NetConfig.from_section(sections[0])
+        self.sections: list[Section] = sections[1:]
+        ctx = BuildContext(self.net.channels)
+        module_list = nn.ModuleList()
+        for section in self.sections:
+            block = build_block(section, ctx)
+            module_list.append(block)
+            ctx.channels.append(block.out_channels)
+            ctx.strides.append(block.stride)
+        if warn_unused:
+            for section in sections:
+                section.warn_unused()
+        self.module_list = module_list
+        self.yolo_layers = [m for m in module_list if m.is_output]
+        if not self.yolo_layers:
+            warnings.warn(f"{self.cfg_path}: no [yolo] section; the model is a backbone only")
+        needed = {i for m in module_list for i in m.inputs}
+        self._keep = [i in needed for i in range(len(module_list))]
+        self.fused = False
+        self.seen = 0
+
+    # --- properties -----------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return self.yolo_layers[0].num_classes if self.yolo_layers else 0
+
+    @property
+    def strides(self) -> list[float]:
+        return [m.stride for m in self.yolo_layers]
+
+    @property
+    def max_stride(self) -> int:
+        return int(max(m.stride for m in self.module_list))
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(height, width) from [net]."""
+        return self.net.height, self.net.width
+
+    # --- forward -------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        stride = self.max_stride
+        if x.shape[-1] % stride or x.shape[-2] % stride:
+            raise ValueError(f"input size {tuple(x.shape[-2:])} (h, w): each side must be a multiple "
+                             f"of the network's stride {stride}")
+        saved: list[torch.Tensor | None] = [None] * len(self.module_list)
+        outputs = []
+        keep = self._keep
+        for i, block in enumerate(self.module_list):
+            if block.is_output:
+                outputs.append(block(x))
+            elif block.inputs:
+                x = block(x, [saved[j] for j in block.inputs])
+            else:
+                x = block(x)
+            if keep[i]:
+                saved[i] = x
+        if self.training:
+            return outputs
+        return torch.cat(outputs, 1) if len(outputs) > 1 else outputs[0]
+
+    # --- weights ------------------------------------------------------------------------
+    def load_darknet_weights(self, path: str | Path, cutoff: int | None = None) -> "Darknet":
+        self.seen = weights_io.load(self, path, cutoff)
+        return self
+
+    def save_darknet_weights(self, path: str | Path, cutoff: int | None = None) -> None:
+        if self.fused:
+            raise RuntimeError(
+                "this model was fused (BatchNorm folded into convolutions): its weights no longer "
+                f"follow {self.cfg_path.name}. Save the weights before calling fuse(), or use deploy().")
+        weights_io.save(self, path, cutoff, self.seen)
+
+    def num_weight_floats(self, cutoff: int | None = None) -> int:
+        return weights_io.count_floats(self, cutoff)
+
+    # --- inference ---------------------------------------------------------------------
+    def fuse(self) -> "Darknet":
+        """Fold every BatchNorm into its convolution (inference only)."""
+        for block in self.module_list:
+            block.fuse()
+        self.fused = True
+        return self.eval()
+
+    def cfg_sections_text(self) -> str:
+        return sections_to_text([self.net.section] + self.sections)
+
+
+__all__ = ["Darknet", "ConfigError", "Block"]
