@@ -1,0 +1,64 @@
+"""Checkpoints (``.pt``): written atomically, loaded with ``weights_only=True``.
+
+A checkpoint is a plain dict of tensors and Python scalars/strings (safe for weights_only):
+``model`` (state_dict), ``cfg_text``, ``names`` and, from training, ``ema``, ``optimizer``,
+``scaler``, ``epoch``, ``step`` ...
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .cfg import resolve_path, REPO_ROOT
+
+WEIGHTS_DIR = REPO_ROOT / "weights"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the model."""
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename: never a torn file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint not found: '{path}'") from None
+    except Exception as e:  # torch raises several types for a corrupt / foreign file
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"{path}: not a checkpoint of this project (no 'model' entry)")
+    return state
+
+
+def load_weights(model: torch.nn.Module, weights: str | Path, prefer_ema: bool = True) -> dict[str, Any]:
+    """Load Darknet ``.weights`` or our ``.pt`` into ``model``; returns the checkpoint dict ({} for .weights)."""
+    path = resolve_path(weights, WEIGHTS_DIR, "weights file")
+    if path.suffix != ".pt":
+        model.load_darknet_weights(path)
+        return {}
+    state = load_checkpoint(path)
+    sd = state.get("ema") if prefer_ema and state.get("ema") is not None else state["model"]
+    try:
+        model.load_state_dict(sd)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: does not fit {model.cfg_path.name}: {str(e).splitlines()[0]}") from None
+    return state
