@@ -1,0 +1,98 @@
+"""Helpers every CLI shares: device parsing, numbered run folders, and one-line user errors.
+
+A user mistake (bad path, malformed cfg, wrong device) ends the program with exit code 2 and one
+line on stderr; a bug in our code still shows its traceback (set ``YOLO_DEBUG=1`` to see the
+traceback of user errors too).
+"""
+from __future__ import annotations
+
+import functools
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from ..cfg import ConfigError
+from ..checkpoint import CheckpointError
+from ..weights import WeightsError
+
+
+class UserError(Exception):
+    """A problem with the user's input (arguments, files); reported as one line, no traceback."""
+
+
+#: Exceptions that describe the user's input rather than a bug; extended by tools that need more.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    UserError, ConfigError, WeightsError, CheckpointError, FileNotFoundError, PermissionError,
+    IsADirectoryError, NotADirectoryError,
+)
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def parse_device(spec: str | torch.device | None) -> torch.device:
+    """``cpu``, ``cuda``, ``cuda:1`` or a bare index ``1`` -> a checked ``torch.device``."""
+    if isinstance(spec, torch.device):
+        spec = str(spec)
+    text = (spec or "cpu").strip().lower()
+    if re.fullmatch(r"\d+", text):
+        text = f"cuda:{text}"
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise UserError(f"--device: expected cpu, cuda, cuda:N or N, got '{spec}'") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {spec}: CUDA is not available in this PyTorch build / machine; "
+                            "use --device cpu")
+        index = 0 if device.index is None else device.index
+        count = torch.cuda.device_count()
+        if index >= count:
+            raise UserError(f"--device {spec}: only {count} CUDA device(s) visible (indices 0..{count - 1})")
+        device = torch.device("cuda", index)
+    elif device.type != "cpu":
+        raise UserError(f"--device: expected cpu, cuda, cuda:N or N, got '{spec}'")
+    return device
+
+
+def increment_dir(base: str | Path, name: str = "exp") -> Path:
+    """The first free folder among ``base/name``, ``base/name2``, ``base/name3`` ... (not created)."""
+    base = Path(base)
+    path = base / name
+    n = 2
+    while path.exists():
+        path = base / f"{name}{n}"
+        n += 1
+    return path
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as a single line (multi-line messages are joined)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
+        text = f"{text}: '{exc.filename}'"
+    return text
+
+
+def user_errors(main: Callable[..., int]) -> Callable[..., int]:
+    """Decorate ``main(argv) -> int``: user errors become ``error: ...`` on stderr and exit code 2,
+    Ctrl-C becomes exit code 130, without a traceback."""
+
+    @functools.wraps(main)
+    def wrapper(argv: Sequence[str] | None = None) -> int:
+        try:
+            return main(argv)
+        except USER_ERRORS as e:
+            if os.environ.get("YOLO_DEBUG"):
+                raise
+            print(f"error: {one_line(e)}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+
+    return wrapper
