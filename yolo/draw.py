@@ -1,0 +1,58 @@
+"""Annotated images: boxes and ``name score`` labels, one stable colour per class.
+
+Label text is black or white, whichever contrasts more with the class colour it sits on, so it
+stays readable on any photo (the text is drawn on a filled box, never on the photo itself).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+# 20 well-separated colours (hex RGB); class c gets PALETTE[c % 20], the same in every run.
+_HEX = ("FF3838 FF9D97 FF701F FFB21D CFD231 48F90A 92CC17 3DDB86 1A9334 00D4BB "
+        "2C99A8 00C2FF 344593 6473FF 0018EC 8438FF 520085 CB38FF FF95C8 FF37C7").split()
+PALETTE: tuple[tuple[int, int, int], ...] = tuple(
+    (int(h[4:6], 16), int(h[2:4], 16), int(h[0:2], 16)) for h in _HEX)  # BGR
+
+
+def class_colour(class_id: int) -> tuple[int, int, int]:
+    """A BGR colour that depends on the class id only."""
+    return PALETTE[int(class_id) % len(PALETTE)]
+
+
+def text_colour(bg_bgr: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Black or white text, whichever reads better on ``bg_bgr`` (relative luminance, ITU-R BT.601)."""
+    b, g, r = bg_bgr
+    return (0, 0, 0) if 0.299 * r + 0.587 * g + 0.114 * b > 140 else (255, 255, 255)
+
+
+def label_text(class_id: int, score: float, names: Sequence[str] | None) -> str:
+    name = names[class_id] if names is not None and 0 <= class_id < len(names) else str(class_id)
+    return f"{name} {score:.2f}"
+
+
+def draw_detections(img: np.ndarray, dets: np.ndarray, names: Sequence[str] | None = None,
+                    line_width: int | None = None, copy: bool = True) -> np.ndarray:
+    """Draw ``dets`` (``ndarray[K, 6]`` x1, y1, x2, y2, score, class in ``img`` pixels) on a BGR image."""
+    out = img.copy() if copy else img
+    h, w = out.shape[:2]
+    lw = line_width or max(1, round((h + w) / 2 * 0.003))
+    font_scale = lw / 3
+    thick = max(1, lw - 1)
+    for x1, y1, x2, y2, score, cls in np.asarray(dets, dtype=np.float32).reshape(-1, 6):
+        cls = int(cls)
+        colour = class_colour(cls)
+        p1, p2 = (int(round(x1)), int(round(y1))), (int(round(x2)), int(round(y2)))
+        cv2.rectangle(out, p1, p2, colour, lw, cv2.LINE_AA)
+        text = label_text(cls, float(score), names)
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thick)
+        th += base
+        # above the box when it fits, else just inside its top edge; never past the right border
+        top = p1[1] - th if p1[1] - th >= 0 else p1[1]
+        left = min(p1[0], max(0, w - tw))
+        cv2.rectangle(out, (left, top), (left + tw, top + th), colour, -1, cv2.LINE_AA)
+        cv2.putText(out, text, (left, top + th - base), cv2.FONT_HERSHEY_SIMPLEX, font_scale,
+                    text_colour(colour), thick, cv2.LINE_AA)
+    return out
