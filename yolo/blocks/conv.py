@@ -110,7 +110,10 @@ class Convolutional(Block):
         self.unit = unit
 
     @classmethod
-    def from_section(cls, s: Section, ctx: BuildContext) -> "Convolutional":
+    def from_section(cls, s: Section, ctx: BuildContext) -> "Block":
+        if s.bool("asymmetric", False):  # ACNet block: three branches, see acnet.py
+            from .acnet import ACConv
+            return ACConv.from_section(s, ctx)
         filters = s.int("filters", 1)
         size = s.int("size", 1)
         stride = s.int("stride", 1)
