@@ -29,7 +29,7 @@ class Darknet(nn.Module):
         sections = parse_cfg(self.cfg_path)
         self.net = NetConfig.from_section(sections[0])
         self.sections: list[Section] = sections[1:]
-        ctx = BuildContext(self.net.channels)
+        ctx = BuildContext(self.net.channels, input_size=(self.net.height, self.net.width))
         module_list = nn.ModuleList()
         for section in self.sections:
             block = build_block(section, ctx)
@@ -110,6 +110,11 @@ class Darknet(nn.Module):
             block.fuse()
         self.fused = True
         return self.eval()
+
+    def deploy(self) -> "Darknet":
+        """ACNet branches -> one plain convolution each, in place; cfg_text follows (yolo/deploy.py)."""
+        from .deploy import deploy_model
+        return deploy_model(self)
 
     def cfg_sections_text(self) -> str:
         return sections_to_text([self.net.section] + self.sections)

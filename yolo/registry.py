@@ -25,6 +25,7 @@ class BuildContext:
     in_channels: int  # the [net] channels, input of the first section
     channels: list[int] = field(default_factory=list)  # output channels per section so far
     strides: list[float] = field(default_factory=list)  # output stride per section so far
+    input_size: Optional[tuple[int, int]] = None  # (height, width) from [net], when known
 
     @property
     def c_in(self) -> int:
@@ -33,6 +34,12 @@ class BuildContext:
     @property
     def stride_in(self) -> float:
         return self.strides[-1] if self.strides else 1.0
+
+    def map_size_in(self) -> Optional[tuple[int, int]]:
+        """(height, width) of this section's input map at the [net] size, when known."""
+        if self.input_size is None:
+            return None
+        return tuple(int(v // self.stride_in) for v in self.input_size)
 
     def layer_index(self, section: Section, value: int, key: str) -> int:
         """Darknet layer reference (negative: relative to this section) -> absolute index."""
