@@ -78,21 +78,30 @@ def one_line(exc: BaseException) -> str:
     return text
 
 
-def user_errors(main: Callable[..., int]) -> Callable[..., int]:
-    """Decorate ``main(argv) -> int``: user errors become ``error: ...`` on stderr and exit code 2,
-    Ctrl-C becomes exit code 130, without a traceback."""
+def user_errors(*extra: type[BaseException]) -> Callable:
+    """Decorate ``main(argv) -> int``: user errors (``USER_ERRORS`` plus ``extra``) become
+    ``error: ...`` on stderr and exit code 2, Ctrl-C exit code 130, without a traceback.
 
-    @functools.wraps(main)
-    def wrapper(argv: Sequence[str] | None = None) -> int:
-        try:
-            return main(argv)
-        except USER_ERRORS as e:
-            if os.environ.get("YOLO_DEBUG"):
-                raise
-            print(f"error: {one_line(e)}", file=sys.stderr)
-            return EXIT_USER_ERROR
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return EXIT_INTERRUPTED
+    Use as ``@user_errors()`` or ``@user_errors(MyInputError)``.
+    """
+    if len(extra) == 1 and callable(extra[0]) and not isinstance(extra[0], type):
+        return user_errors()(extra[0])  # bare @user_errors
+    caught = USER_ERRORS + tuple(extra)
 
-    return wrapper
+    def decorate(main: Callable[..., int]) -> Callable[..., int]:
+        @functools.wraps(main)
+        def wrapper(argv: Sequence[str] | None = None) -> int:
+            try:
+                return main(argv)
+            except caught as e:
+                if os.environ.get("YOLO_DEBUG"):
+                    raise
+                print(f"error: {one_line(e)}", file=sys.stderr)
+                return EXIT_USER_ERROR
+            except KeyboardInterrupt:
+                print("interrupted", file=sys.stderr)
+                return EXIT_INTERRUPTED
+
+        return wrapper
+
+    return decorate

@@ -1,0 +1,3 @@
+import sys
+from yolo.cli.detect import main
+sys.exit(main())

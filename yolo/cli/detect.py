@@ -1,0 +1,106 @@
+"""``python detect.py``: run a detector on images, folders, globs, lists, videos or a webcam.
+
+With no arguments it runs the shipped COCO model on ``data/samples`` and writes annotated
+images to a new ``runs/detect/expN`` folder.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Sequence
+
+from ..cfg import REPO_ROOT
+from ..detect import Detector, DetectError, Summary, detect_source, resolve_source
+from .common import UserError, increment_dir, parse_device, user_errors
+
+DEFAULT_CFG = REPO_ROOT / "cfg" / "yolo-fastest-1.1.cfg"
+DEFAULT_WEIGHTS = REPO_ROOT / "weights" / "yolo-fastest-1.1.weights"
+DEFAULT_SOURCE = REPO_ROOT / "data" / "samples"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--cfg", default=str(DEFAULT_CFG), help="Darknet cfg (path, or a name in cfg/)")
+    p.add_argument("--weights", default=str(DEFAULT_WEIGHTS),
+                   help="Darknet .weights or a .pt checkpoint (path, or a name in weights/)")
+    p.add_argument("--names", default=None,
+                   help="class names, one per line (default: the checkpoint's, else data/coco.names "
+                        "for an 80-class model, else class numbers)")
+    p.add_argument("--source", default=str(DEFAULT_SOURCE),
+                   help="image, folder, glob, .txt list of images, video file, stream URL or webcam index")
+    p.add_argument("--img-size", type=int, nargs="+", default=None, metavar="N",
+                   help="network input: one size, or height width (default: the cfg's)")
+    p.add_argument("--conf-thres", type=float, default=0.25, help="score threshold (objectness x class)")
+    p.add_argument("--nms-thres", type=float, default=0.45, help="IoU threshold of per-class NMS")
+    p.add_argument("--max-det", type=int, default=100, help="at most this many detections per image")
+    p.add_argument("--classes", nargs="+", default=None, metavar="C",
+                   help="keep only these classes (ids or names)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or N")
+    p.add_argument("--half", action="store_true", help="fp16 inference (CUDA only)")
+    p.add_argument("--batch-size", type=int, default=8, help="images or video frames per forward pass")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="threads decoding and writing images")
+    p.add_argument("--output", default=None, help="output folder (default: a new runs/detect/expN)")
+    p.add_argument("--save-txt", action="store_true",
+                   help="write labels/<image>.txt: class cx cy w h score, normalised to the image size")
+    p.add_argument("--save-json", action="store_true",
+                   help="write <output>/detections.json: file, class_id, class_name, score, bbox_xyxy")
+    p.add_argument("--view", action="store_true", help="show results in a window (needs OpenCV with a GUI)")
+    p.add_argument("--no-save", action="store_true", help="do not write annotated images or videos")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no per-image lines")
+    return p
+
+
+def _classes(tokens: Sequence[str] | None, names: Sequence[str]) -> list[int] | None:
+    """``--classes 0 dog 2`` -> ids; names are matched case-insensitively."""
+    if tokens is None:
+        return None
+    lookup = {n.lower(): i for i, n in enumerate(names)}
+    out = []
+    for tok in tokens:
+        if tok.isdigit():
+            out.append(int(tok))
+        elif tok.lower() in lookup:
+            out.append(lookup[tok.lower()])
+        else:
+            raise UserError(f"--classes: '{tok}' is neither a class id nor a class name of this model")
+    return out
+
+
+def run(args: argparse.Namespace) -> Summary:
+    """Build the detector from parsed arguments and run it; the CLI's whole job."""
+    device = parse_device(args.device)
+    if args.half and device.type != "cuda":
+        raise UserError("--half needs a CUDA device (--device cuda); fp16 on CPU is not supported")
+    if args.batch_size < 1 or args.workers < 1:
+        raise UserError(f"--batch-size and --workers must be positive, got {args.batch_size}, {args.workers}")
+    source = resolve_source(args.source)  # before loading the model: a typo fails fast
+    detector = Detector(args.cfg, args.weights, names=args.names, device=device, img_size=args.img_size,
+                        conf_thres=args.conf_thres, nms_thres=args.nms_thres, max_det=args.max_det,
+                        half=args.half, batch_size=args.batch_size)
+    detector.classes = None
+    classes = _classes(args.classes, detector.names)
+    if classes is not None:
+        bad = [c for c in classes if not 0 <= c < detector.num_classes]
+        if bad:
+            raise UserError(f"--classes {bad}: the model has classes 0..{detector.num_classes - 1}")
+        detector.classes = classes
+    writes = not args.no_save or args.save_txt or args.save_json
+    output = Path(args.output) if args.output else (increment_dir(Path("runs") / "detect") if writes else None)
+    return detect_source(detector, source, output, save=not args.no_save, save_txt=args.save_txt,
+                         save_json=args.save_json, view=args.view, batch_size=args.batch_size,
+                         workers=args.workers, progress=not args.no_progress, verbose=not args.quiet)
+
+
+@user_errors(DetectError)
+def main(argv: Sequence[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    summary = run(args)
+    print(summary.line())
+    if summary.output is not None and (summary.saved or args.save_txt):
+        print(f"results saved to {summary.output}")
+    return 0
+
