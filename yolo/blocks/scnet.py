@@ -1,0 +1,87 @@
+"""[scbottleneck]: the SCNet self-calibrated bottleneck (two halves, one self-calibrated)."""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..cfg import Section
+from ..registry import Block, BuildContext, WeightUnit, register
+from .conv import ConvBN, make_activation
+from .resnet import make_downsample, positive
+
+
+class SCConv(nn.Module):
+    """Self-calibration: a gate from a pooled (coarse) view of the map scales the 3x3 response."""
+
+    def __init__(self, channels: int, stride: int, pooling_r: int, act: nn.Module) -> None:
+        super().__init__()
+        self.pooling_r = pooling_r
+        self.k2 = ConvBN(channels, channels, 3)  # on the pooled map
+        self.k3 = ConvBN(channels, channels, 3)
+        self.k4 = ConvBN(channels, channels, 3, stride, act=act)
+
+    def forward(self, b: torch.Tensor) -> torch.Tensor:
+        size = b.shape[-2:]
+        if min(size) < self.pooling_r:
+            raise ValueError(f"[scbottleneck]: feature map {tuple(size)} is smaller than "
+                             f"pooling_r={self.pooling_r}; use a larger input")
+        k2 = self.k2(F.avg_pool2d(b, self.pooling_r, self.pooling_r))
+        gate = torch.sigmoid(b + F.interpolate(k2, size=size, mode="nearest"))
+        return self.k4(self.k3(b) * gate)
+
+    def weight_units(self) -> Iterator[WeightUnit]:
+        for unit in (self.k2, self.k3, self.k4):
+            yield from unit.weight_units()
+
+
+@register("scbottleneck")
+class SCBottleneck(Block):
+    """Half the planes through a plain 3x3 (k1), half through SCConv; concatenated, 1x1 expand."""
+
+    expansion = 4
+
+    def __init__(self, c_in: int, planes: int, stride: int, pooling_r: int, act: nn.Module,
+                 out_stride: float) -> None:
+        out = planes * self.expansion
+        super().__init__(out, out_stride)
+        half = planes // 2
+        self.conv1_a = ConvBN(c_in, half, 1, act=act)
+        self.k1 = ConvBN(half, half, 3, stride, act=act)
+        self.conv1_b = ConvBN(c_in, half, 1, act=act)
+        self.scconv = SCConv(half, stride, pooling_r, act)
+        self.conv3 = ConvBN(planes, out, 1)
+        self.downsample = make_downsample(c_in, out, stride)
+        self.act = act
+
+    @classmethod
+    def from_section(cls, s: Section, ctx: BuildContext) -> "SCBottleneck":
+        planes = positive(s, "planes")
+        if planes % 2:
+            raise s.error(f"planes must be even (split into two halves), got {planes}", "planes")
+        stride = positive(s, "stride", 1)
+        pooling_r = positive(s, "pooling_r", 4)
+        size = ctx.map_size_in()
+        if size is not None and pooling_r > min(size):
+            raise s.error(f"pooling_r={pooling_r} is larger than this block's input map "
+                          f"{size[0]}x{size[1]} (the [net] size / stride {ctx.stride_in:g})", "pooling_r")
+        act = make_activation(s, "relu")
+        return cls(ctx.c_in, planes, stride, pooling_r, act, ctx.stride_in * stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.k1(self.conv1_a(x))
+        b = self.scconv(self.conv1_b(x))
+        y = self.conv3(torch.cat((a, b), 1))
+        return self.act(y + (self.downsample(x) if self.downsample is not None else x))
+
+    def weight_units(self) -> Iterator[WeightUnit]:
+        """conv1_a, k1, conv1_b, k2, k3, k4, conv3, downsample (if present): CB units."""
+        yield from self.conv1_a.weight_units()
+        yield from self.k1.weight_units()
+        yield from self.conv1_b.weight_units()
+        yield from self.scconv.weight_units()
+        yield from self.conv3.weight_units()
+        if self.downsample is not None:
+            yield from self.downsample.weight_units()

@@ -1,0 +1,147 @@
+"""Deploy-time re-parameterisation: training-time cfg + weights -> plain inference cfg + weights.
+
+A block that has a simpler inference form defines ``deploy() -> (block, key_edits)``: the
+replacement block (computing the same function) and the edits that turn its section's text
+into the matching cfg (``{key: new value}``, ``None`` deletes the key). This module knows
+no block type: it swaps the blocks, edits those sections' lines in place (every other line
+of the cfg, comments included, is kept), and the ordinary weights writer does the rest,
+since the replacement blocks declare their own ``weight_units()``.
+
+    python -m yolo.deploy --cfg IN.cfg --weights IN.weights --out-cfg OUT.cfg --out-weights OUT.weights
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .cfg import ConfigError, Section, parse_cfg_text
+
+KeyEdits = dict[str, "str | None"]
+
+
+def _strip(line: str) -> str:
+    """A cfg line without its comment, as the parser reads it."""
+    return line.split("#", 1)[0].split(";", 1)[0].strip()
+
+
+def _line_key(line: str) -> str | None:
+    """The key of a ``key=value`` cfg line, else None."""
+    body = _strip(line)
+    if not body or body.startswith("[") or "=" not in body:
+        return None
+    return body.split("=", 1)[0].strip()
+
+
+def edit_cfg_text(text: str, edits: dict[int, KeyEdits]) -> str:
+    """Apply per-section key edits to cfg text, keeping every other line as written.
+
+    ``edits`` maps a section's header line (1-based) to its key edits. Within the section,
+    every line setting an edited key is replaced (``key=value``) or, for ``None``, removed;
+    a key set but absent is inserted just after the header.
+    """
+    lines = text.splitlines()
+    headers = [i for i, line in enumerate(lines, 1) if _strip(line).startswith("[")]
+    ends = {h: (headers[k + 1] if k + 1 < len(headers) else len(lines) + 1) for k, h in enumerate(headers)}
+    out: list[str] = []
+    section_edits: KeyEdits = {}
+    for number, line in enumerate(lines, 1):
+        if number in ends:  # a section header
+            section_edits = edits.get(number, {})
+            out.append(line)
+            section_text = lines[number:ends[number] - 1]
+            present = {_line_key(l) for l in section_text}
+            out.extend(f"{k}={v}" for k, v in section_edits.items() if v is not None and k not in present)
+            continue
+        key = _line_key(line)
+        if key is not None and key in section_edits:
+            value = section_edits[key]
+            if value is not None:
+                out.append(f"{key}={value}")
+            continue
+        out.append(line)
+    missing = set(edits) - set(ends)
+    if missing:
+        raise ValueError(f"no section header on line(s) {sorted(missing)}")
+    return "\n".join(out) + ("\n" if text.endswith("\n") else "")
+
+
+def deploy_model(model):
+    """In place: every block with a ``deploy()`` form is replaced by it; cfg text follows.
+
+    Returns the model (eval mode). Its ``cfg_text``/``sections`` are the deployed cfg, so
+    ``save_darknet_weights`` writes weights that match that text. Must run before fuse().
+    """
+    if model.fused:
+        raise RuntimeError("deploy() needs the unfused model (call it before fuse(); "
+                           "fuse() folds the BatchNorms the deployed cfg keeps)")
+    model.eval()
+    edits: dict[int, KeyEdits] = {}
+    for i, block in enumerate(model.module_list):
+        deploy = getattr(block, "deploy", None)
+        if deploy is None:
+            continue
+        new_block, key_edits = deploy()
+        if new_block is not block:
+            new_block.where = block.where
+            new_block.inputs = block.inputs
+            model.module_list[i] = new_block
+        if key_edits:
+            edits[model.sections[i].line] = key_edits
+    text = edit_cfg_text(model.cfg_text, edits)
+    if edits:
+        text = (f"# Deployed by yolo.deploy from {model.cfg_path.name}: {len(edits)} ACNet/re-parameterised "
+                f"section(s) fused into plain layers.\n") + text
+    sections = parse_cfg_text(text, f"{model.cfg_path} (deployed)")
+    model.cfg_text = text
+    model.net.section = sections[0]
+    model.sections = sections[1:]
+    model.deployed_sections = sorted(edits)
+    return model
+
+
+def deploy_files(cfg: str | Path, weights: str | Path | None, out_cfg: str | Path,
+                 out_weights: str | Path) -> int:
+    """Read a training-time model, write its deployed cfg + weights; returns sections changed.
+
+    The written pair is then read back as an ordinary model, so a mismatch fails here.
+    """
+    from .model import Darknet
+
+    model = Darknet(cfg)
+    if weights is not None:
+        model.load_darknet_weights(weights)
+    model.deploy()
+    out_cfg, out_weights = Path(out_cfg), Path(out_weights)
+    out_cfg.write_text(model.cfg_text)
+    model.save_darknet_weights(out_weights)
+    Darknet(out_cfg, warn_unused=False).load_darknet_weights(out_weights)  # strict read-back
+    return len(model.deployed_sections)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m yolo.deploy",
+        description="Fuse ACNet blocks (asymmetric=1) into plain convolutions: writes an ordinary "
+                    "Darknet cfg + weights with the same outputs.")
+    p.add_argument("--cfg", required=True, help="training-time cfg")
+    p.add_argument("--weights", help="its Darknet .weights (omit to deploy a random init, for tests)")
+    p.add_argument("--out-cfg", required=True, help="deployed cfg to write")
+    p.add_argument("--out-weights", required=True, help="deployed .weights to write")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    try:
+        n = deploy_files(args.cfg, args.weights, args.out_cfg, args.out_weights)
+    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"deployed {n} section(s): wrote {args.out_cfg} and {args.out_weights}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
