@@ -22,10 +22,16 @@ def class_colour(class_id: int) -> tuple[int, int, int]:
     return PALETTE[int(class_id) % len(PALETTE)]
 
 
+def _luminance(bgr: tuple[int, int, int]) -> float:
+    """WCAG relative luminance of an sRGB colour, 0 (black) to 1 (white)."""
+    lin = [(c / 255) / 12.92 if c <= 10 else ((c / 255 + 0.055) / 1.055) ** 2.4 for c in bgr]
+    return 0.0722 * lin[0] + 0.7152 * lin[1] + 0.2126 * lin[2]
+
+
 def text_colour(bg_bgr: tuple[int, int, int]) -> tuple[int, int, int]:
-    """Black or white text, whichever reads better on ``bg_bgr`` (relative luminance, ITU-R BT.601)."""
-    b, g, r = bg_bgr
-    return (0, 0, 0) if 0.299 * r + 0.587 * g + 0.114 * b > 140 else (255, 255, 255)
+    """Black or white text, whichever has the higher WCAG contrast ratio on ``bg_bgr`` (always >= 4.5)."""
+    lum = _luminance(bg_bgr)
+    return (0, 0, 0) if (lum + 0.05) / 0.05 >= 1.05 / (lum + 0.05) else (255, 255, 255)
 
 
 def label_text(class_id: int, score: float, names: Sequence[str] | None) -> str:
@@ -45,14 +51,14 @@ def draw_detections(img: np.ndarray, dets: np.ndarray, names: Sequence[str] | No
         cls = int(cls)
         colour = class_colour(cls)
         p1, p2 = (int(round(x1)), int(round(y1))), (int(round(x2)), int(round(y2)))
-        cv2.rectangle(out, p1, p2, colour, lw, cv2.LINE_AA)
+        cv2.rectangle(out, p1, p2, colour, lw)  # axis-aligned: no anti-aliasing needed
         text = label_text(cls, float(score), names)
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thick)
         th += base
         # above the box when it fits, else just inside its top edge; never past the right border
         top = p1[1] - th if p1[1] - th >= 0 else p1[1]
         left = min(p1[0], max(0, w - tw))
-        cv2.rectangle(out, (left, top), (left + tw, top + th), colour, -1, cv2.LINE_AA)
+        cv2.rectangle(out, (left, top), (left + tw, top + th), colour, -1)
         cv2.putText(out, text, (left, top + th - base), cv2.FONT_HERSHEY_SIMPLEX, font_scale,
                     text_colour(colour), thick, cv2.LINE_AA)
     return out
