@@ -1,0 +1,3 @@
+import sys
+from yolo.cli.train import main
+sys.exit(main())
