@@ -188,6 +188,40 @@ def test_video_with_undecodable_frame_is_skipped_and_counted(tmp_path: Path, vid
     assert _count_frames(summary.saved[0])[0] == 5
 
 
+def test_webcam_stops_cleanly_on_ctrl_c(tmp_path: Path, detector: Detector, samples_dir: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    frame = cv2.resize(cv2.imread(str(samples_dir / "dog.jpg")), (320, 240))
+    released = []
+
+    class FakeCamera:  # three frames, then the user presses Ctrl-C
+        def __init__(self, index: int) -> None:
+            assert index == 0
+            self.reads = 0
+
+        def isOpened(self) -> bool:
+            return True
+
+        def get(self, prop: int) -> float:
+            return 0.0  # a camera knows no frame count, and here no fps either
+
+        def read(self) -> tuple[bool, np.ndarray]:
+            self.reads += 1
+            if self.reads > 3:
+                raise KeyboardInterrupt
+            return True, frame.copy()
+
+        def release(self) -> None:
+            released.append(True)
+
+    monkeypatch.setattr(cv2, "VideoCapture", FakeCamera)
+    summary = detect_source(detector, "0", tmp_path / "out", save_json=True, progress=False)
+    assert summary.interrupted and summary.frames == 3 and released == [True]
+    assert "stopped early" in summary.line()
+    monkeypatch.undo()
+    assert _count_frames(summary.saved[0]) == (3, (320, 240))  # the video was closed properly
+    assert {r["frame"] for r in json.loads((tmp_path / "out" / "detections.json").read_text())} == {0, 1, 2}
+
+
 @pytest.mark.parametrize("case", ["bad-video", "missing-weights", "names-mismatch", "missing-source",
                                   "half-on-cpu", "bad-device", "webcam"])
 def test_cli_user_errors_are_one_clear_line(case: str, tmp_path: Path, capsys: pytest.CaptureFixture,

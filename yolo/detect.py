@@ -164,6 +164,8 @@ class Detector:
         single = isinstance(images, np.ndarray) and images.ndim in (2, 3)
         batch = [images] if single else list(images)
         out: list[np.ndarray] = []
+        if not batch:
+            return out
         for i in range(0, len(batch), self.batch_size):
             prepared, geometries = zip(*(self.prepare(img) for img in batch[i:i + self.batch_size]))
             out.extend(self.detect_prepared(prepared, geometries, rgb=rgb))
@@ -491,6 +493,8 @@ def _run_stream(detector: Detector, source: Source, writer: _Writer, summary: Su
     webcam = source.kind == "webcam"
     if webcam:
         batch_size = 1  # latency over throughput
+        log.warning("webcam %s: press q in the window%s or Ctrl-C to stop", source.target,
+                    "" if view else " (with --view)")
     total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if not webcam else 0
     fps = cap.get(cv2.CAP_PROP_FPS)
     fps = fps if fps and np.isfinite(fps) and 0 < fps < 1000 else 30.0

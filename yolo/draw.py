@@ -47,7 +47,8 @@ def draw_detections(img: np.ndarray, dets: np.ndarray, names: Sequence[str] | No
     lw = line_width or max(1, round((h + w) / 2 * 0.003))
     font_scale = lw / 3
     thick = max(1, lw - 1)
-    for x1, y1, x2, y2, score, cls in np.asarray(dets, dtype=np.float32).reshape(-1, 6):
+    dets = np.asarray(dets, dtype=np.float32).reshape(-1, 6)
+    for x1, y1, x2, y2, score, cls in dets[np.argsort(dets[:, 4], kind="stable")]:  # best drawn last, on top
         cls = int(cls)
         colour = class_colour(cls)
         p1, p2 = (int(round(x1)), int(round(y1))), (int(round(x2)), int(round(y2)))

@@ -6,12 +6,13 @@ traceback of user errors too).
 """
 from __future__ import annotations
 
+import argparse
 import functools
 import os
 import re
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NoReturn, Sequence
 
 import torch
 
@@ -27,11 +28,19 @@ class UserError(Exception):
 #: Exceptions that describe the user's input rather than a bug; extended by tools that need more.
 USER_ERRORS: tuple[type[BaseException], ...] = (
     UserError, ConfigError, WeightsError, CheckpointError, FileNotFoundError, PermissionError,
-    IsADirectoryError, NotADirectoryError,
+    IsADirectoryError, NotADirectoryError, FileExistsError,
 )
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as a ``UserError`` (one line, exit code 2 through
+    ``user_errors``) instead of printing the usage and calling ``sys.exit`` inside ``main``."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{self.prog}: {message} (see --help)")
 
 
 def parse_device(spec: str | torch.device | None) -> torch.device:

@@ -1,0 +1,106 @@
+"""Images per second: detect.py end to end and the Detector API, against OpenCV DNN's forward pass.
+
+Same model (cfg/yolo-fastest-1.1), same images (data/samples), same CPU threads, one run; the
+numbers that matter are the ratios (the machine may be shared). Run: python benchmarks/bench_detect.py
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from yolo import Detector  # noqa: E402
+from yolo.cli.detect import get_args_parser, run  # noqa: E402
+
+CFG = ROOT / "cfg" / "yolo-fastest-1.1.cfg"
+WEIGHTS = ROOT / "weights" / "yolo-fastest-1.1.weights"
+SAMPLES = ROOT / "data" / "samples"
+
+
+def timed(fn, repeats: int) -> float:
+    """Median seconds of ``repeats`` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=7)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    cv2.setNumThreads(args.threads)
+
+    paths = sorted(SAMPLES.glob("*.jpg"))
+    images = [cv2.imread(str(p)) for p in paths]
+    batch = [images[i % len(images)] for i in range(args.batch)]
+    n = len(batch)
+
+    net = cv2.dnn.readNetFromDarknet(str(CFG), str(WEIGHTS))
+    out_names = net.getUnconnectedOutLayersNames()
+    blob = cv2.dnn.blobFromImages(batch, 1 / 255.0, (320, 320), swapRB=True, crop=False)
+
+    def cv_forward() -> None:
+        net.setInput(blob)
+        net.forward(out_names)
+
+    def cv_forward_1() -> None:
+        for i in range(n):
+            net.setInput(blob[i:i + 1])
+            net.forward(out_names)
+
+    detector = Detector(CFG, WEIGHTS)
+
+    def api() -> None:
+        detector(batch)
+
+    def api_1() -> None:
+        for img in batch:
+            detector(img)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cli_args = get_args_parser().parse_args(
+            ["--source", str(SAMPLES), "--output", tmp, "--no-progress", "--quiet",
+             "--batch-size", str(args.batch)])
+        loop_times: list[float] = []
+
+        def cli() -> None:
+            loop_times.append(run(cli_args).seconds)
+
+        rows = [
+            (f"OpenCV DNN forward only, batch {n}", timed(cv_forward, args.repeats), n),
+            (f"OpenCV DNN forward only, {n} x batch 1", timed(cv_forward_1, args.repeats), n),
+            (f"Detector API, batch {n} (preprocess+forward+NMS)", timed(api, args.repeats), n),
+            (f"Detector API, {n} x one image", timed(api_1, args.repeats), n),
+            (f"detect.py on data/samples ({len(paths)} images), incl. model load + writing",
+             timed(cli, args.repeats), len(paths)),
+        ]
+        rows.append((f"detect.py on data/samples ({len(paths)} images), images loop only",
+                     statistics.median(loop_times[1:]), len(paths)))
+
+    ref = rows[0][2] / rows[0][1]
+    print(f"torch {torch.__version__}, OpenCV {cv2.__version__}, {args.threads} threads, "
+          f"input 320x320, median of {args.repeats}")
+    print(f"{'':64s} {'img/s':>8s} {'vs OpenCV fwd':>14s}")
+    for name, secs, count in rows:
+        rate = count / secs
+        print(f"{name:64s} {rate:8.1f} {rate / ref:13.2f}x")
+
+
+if __name__ == "__main__":
+    main()
