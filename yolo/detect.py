@@ -414,7 +414,7 @@ def _run_images(detector: Detector, source: Source, writer: _Writer, summary: Su
     bar = tqdm(total=len(source.paths), unit="img", disable=not progress, leave=False)
     # decode + resize in threads (OpenCV releases the GIL); annotate + encode there too
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending_writes: list[Future] = []
+        pending: deque[Future] = deque()  # annotate + encode + write, in the pool
         loaded = _prefetch(pool, lambda p: (p, *_load_and_prepare(detector, p)), source.paths,
                            depth=batch_size + 2 * workers)
         batch: list[tuple[Path, np.ndarray, np.ndarray, Geometry]] = []
@@ -422,6 +422,7 @@ def _run_images(detector: Detector, source: Source, writer: _Writer, summary: Su
 
         def flush() -> bool:
             dets = detector.detect_prepared([b[2] for b in batch], [b[3] for b in batch])
+            keep_going = True
             for (path, img, _, _), d in zip(batch, dets):
                 name = writer.unique_name(path)
                 summary.images += 1
@@ -430,15 +431,18 @@ def _run_images(detector: Detector, source: Source, writer: _Writer, summary: Su
                 writer.record(str(path), d, img.shape[:2], Path(name).stem)
                 if verbose:
                     bar.write(f"{path}: {_counts_text(d, detector.names)}")
-                if writer.save_media or view:
-                    annotated = draw_detections(img, d, detector.names)
+                if view:
+                    annotated = draw_detections(img, d, detector.names, copy=False)
+                    keep_going = keep_going and _show("detect", annotated, 0)
                     if writer.save_media:
-                        target = writer.output / name
-                        pending_writes.append(pool.submit(_imwrite, target, annotated))
-                    if view and not _show("detect", annotated, 0):
-                        return False
+                        pending.append(pool.submit(_imwrite, writer.output / name, annotated))
+                elif writer.save_media:
+                    pending.append(pool.submit(_annotate_and_write, writer.output / name, img, d,
+                                               detector.names))
             batch.clear()
-            return True
+            while len(pending) > 2 * workers:  # bounded memory on big folders
+                summary.saved.append(pending.popleft().result())
+            return keep_going
 
         for path, img, prepared, geometry in loaded:
             bar.update(1)
@@ -452,9 +456,13 @@ def _run_images(detector: Detector, source: Source, writer: _Writer, summary: Su
                 break
         if batch and not stop:
             flush()
-        for f in pending_writes:
-            summary.saved.append(f.result())
+        while pending:
+            summary.saved.append(pending.popleft().result())
     bar.close()
+
+
+def _annotate_and_write(path: Path, img: np.ndarray, dets: np.ndarray, names: Sequence[str]) -> Path:
+    return _imwrite(path, draw_detections(img, dets, names, copy=False))
 
 
 def _imwrite(path: Path, img: np.ndarray) -> Path:
