@@ -1,0 +1,3 @@
+import sys
+from yolo.cli.test import main
+sys.exit(main())

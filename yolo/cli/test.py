@@ -1,0 +1,113 @@
+"""``python test.py``: COCO mAP (pycocotools COCOeval, bbox) of a model on a Darknet or COCO dataset.
+
+Prints the 12 COCOeval numbers, a per-class AP table and the speed per image; optionally
+writes the detections (COCO results json), a metrics json and precision-recall plots.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..cfg import REPO_ROOT
+from .common import ArgumentParser, UserError, parse_device, user_errors
+
+DEFAULT_CFG = REPO_ROOT / "cfg" / "yolo-fastest-1.1.cfg"
+DEFAULT_WEIGHTS = REPO_ROOT / "weights" / "yolo-fastest-1.1.weights"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = ArgumentParser(description=__doc__.split("\n\n")[0],
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--cfg", default=str(DEFAULT_CFG), help="Darknet cfg (path, or a name in cfg/)")
+    p.add_argument("--weights", default=str(DEFAULT_WEIGHTS),
+                   help="Darknet .weights or a .pt checkpoint (path, or a name in weights/)")
+    p.add_argument("--data", required=True,
+                   help="Darknet .data file, COCO instances .json, or an image list .txt")
+    p.add_argument("--images", default=None,
+                   help="image folder of a COCO json (default: <split>_images in the .data file, or the "
+                        "COCO layout annotations/instances_X.json -> X/)")
+    p.add_argument("--split", default="valid", help="key of the .data file to evaluate")
+    p.add_argument("--img-size", type=int, nargs="+", default=None, metavar="N",
+                   help="network input: one size, or height width (default: the cfg's)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
+    p.add_argument("--conf-thres", type=float, default=0.001, help="score threshold (objectness x class)")
+    p.add_argument("--nms-thres", type=float, default=0.45, help="IoU threshold of per-class NMS")
+    p.add_argument("--max-det", type=int, default=100, help="at most this many detections per image")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or N")
+    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                   help="DataLoader worker processes reading images (0: in the main process)")
+    p.add_argument("--save-json", default=None, metavar="FILE", help="write the detections as COCO results json")
+    p.add_argument("--metrics-json", default=None, metavar="FILE", help="write the metrics as json")
+    p.add_argument("--plots", default=None, metavar="DIR", help="write precision-recall curves (PNG) here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """Data warnings already name their file and line: print them as one plain line."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Load model and data from parsed arguments and evaluate; the CLI's whole job."""
+    from ..checkpoint import load_weights
+    from ..data import load_dataset
+    from ..evaluate import evaluate
+    from ..model import Darknet
+
+    device = parse_device(args.device)
+    if args.batch_size < 1 or args.workers < 0 or args.max_det < 1:
+        raise UserError(f"--batch-size and --max-det must be positive and --workers >= 0, got "
+                        f"{args.batch_size}, {args.max_det}, {args.workers}")
+    if not 0 <= args.conf_thres < 1 or not 0 < args.nms_thres <= 1:
+        raise UserError(f"--conf-thres must be in [0, 1) and --nms-thres in (0, 1], got "
+                        f"{args.conf_thres}, {args.nms_thres}")
+    info = load_dataset(args.data, args.images, split=args.split)  # before the model: a typo fails fast
+    if not info.records:
+        raise UserError(f"{info.source}: no usable images")
+    model = Darknet(args.cfg)
+    load_weights(model, args.weights)
+    model.fuse().to(device)
+    img_size = args.img_size if args.img_size is None or len(args.img_size) > 1 else args.img_size[0]
+    print(f"{len(info.records)} images from {info.source}"
+          + (f" (skipped: {info.problems.summary()})" if info.problems else ""), file=sys.stderr)
+    metrics = evaluate(model, info, img_size=img_size, batch_size=args.batch_size, conf_thres=args.conf_thres,
+                       nms_thres=args.nms_thres, max_det=args.max_det, workers=args.workers, device=device,
+                       save_json=args.save_json, plots_dir=args.plots, verbose=not args.no_progress)
+    metrics["data_problems"] = dict(info.problems.counts)
+    return metrics
+
+
+@user_errors()
+def main(argv: Sequence[str] | None = None) -> int:
+    from ..data import DataError
+    from ..evaluate import EvalError, format_report
+
+    args = get_args_parser().parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            metrics = run(args)
+        except (DataError, EvalError) as e:
+            raise UserError(str(e)) from None
+    if args.no_progress:  # evaluate printed the COCOeval summary only with progress on
+        from ..evaluate import STAT_NAMES
+        for name, value in zip(STAT_NAMES, metrics["stats"]):
+            print(f"{name:<28} = {value:.3f}")
+    print(format_report(metrics))
+    if args.save_json:
+        print(f"detections written to {args.save_json}")
+    if args.metrics_json:
+        path = Path(args.metrics_json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(metrics, indent=1))
+        print(f"metrics written to {path}")
+    for p in metrics.get("plots", []):
+        print(f"plot written to {p}")
+    return 0

@@ -1,0 +1,315 @@
+"""Evaluation: model predictions + ground truth (either dataset form) -> pycocotools COCOeval (bbox).
+
+The number users compare models by must be the number the field means, so every AP here
+comes from COCOeval: the 12 summary numbers from ``summarize()``, per-class AP and the PR
+curves by slicing COCOeval's own ``precision`` array (shape [T, R, K, A, M]: IoU thresholds x
+101 recall points x classes x area ranges x maxDets; -1 where a class has no ground truth),
+exactly as ``summarize()`` does for all classes.
+
+Pre- and post-processing are ``boxes.fit_image`` / ``boxes.postprocess``: the same code as detect.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .boxes import postprocess
+from .data import DataWarning, DatasetInfo, EvalDataset, ImageRecord, Problems, collate_eval, worker_init
+
+STAT_NAMES = [
+    "AP@[.5:.95] all", "AP@.5 all", "AP@.75 all", "AP@[.5:.95] small", "AP@[.5:.95] medium",
+    "AP@[.5:.95] large", "AR@[.5:.95] all maxDets=1", "AR@[.5:.95] all maxDets=10",
+    "AR@[.5:.95] all maxDets=100", "AR@[.5:.95] small", "AR@[.5:.95] medium", "AR@[.5:.95] large",
+]
+
+
+class EvalError(ValueError):
+    """A model and a dataset that cannot be evaluated together (e.g. class counts differ)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# ground truth and detections in COCO form
+# ---------------------------------------------------------------------------------------------
+def ground_truth_coco(info: DatasetInfo, records: Sequence[ImageRecord],
+                      sizes_hw: Sequence[tuple[int, int]] | None = None) -> dict[str, Any]:
+    """Records -> a COCO instances dict (images with width/height, bbox xywh in pixels, area, iscrowd).
+
+    ``sizes_hw`` gives each image's (height, width) where the record does not know it (Darknet
+    form: read from the image). Areas are COCO's own (segment area) when the records carry them,
+    else box areas, so APs/APm/APl match the official json on COCO data.
+    """
+    images, anns = [], []
+    for n, rec in enumerate(records):
+        h = rec.height if rec.height is not None else (sizes_hw[n][0] if sizes_hw else None)
+        w = rec.width if rec.width is not None else (sizes_hw[n][1] if sizes_hw else None)
+        if h is None or w is None:
+            raise EvalError(f"{rec.path}: image size unknown (read the image first)")
+        images.append({"id": int(rec.image_id), "width": int(w), "height": int(h), "file_name": rec.path.name})
+        lab = rec.labels.astype(np.float64)
+        bw, bh = lab[:, 3] * w, lab[:, 4] * h
+        x, y = lab[:, 1] * w - bw / 2, lab[:, 2] * h - bh / 2
+        areas = rec.areas if rec.areas is not None else bw * bh
+        for k in range(len(lab)):
+            anns.append({"id": len(anns) + 1, "image_id": int(rec.image_id),
+                         "category_id": int(info.category_ids[int(lab[k, 0])]),
+                         "bbox": [float(x[k]), float(y[k]), float(bw[k]), float(bh[k])],
+                         "area": float(areas[k]), "iscrowd": int(bool(rec.crowd[k]))})
+    cats = [{"id": int(c), "name": name} for c, name in zip(info.category_ids, info.names)]
+    return {"info": {"description": info.source}, "images": images, "annotations": anns, "categories": cats}
+
+
+def ground_truth_as_detections(gt: dict[str, Any]) -> np.ndarray:
+    """Every non-crowd ground-truth box as a detection with score 1 (a check of the conversion)."""
+    rows = [[a["image_id"], *a["bbox"], 1.0, a["category_id"]] for a in gt["annotations"] if not a["iscrowd"]]
+    return np.asarray(rows, np.float64).reshape(-1, 7)
+
+
+def detections_to_json(dets: np.ndarray) -> list[dict[str, Any]]:
+    """(N, 7) image_id, x, y, w, h, score, category_id -> COCO results list."""
+    return [{"image_id": int(d[0]), "category_id": int(d[6]),
+             "bbox": [round(float(v), 3) for v in d[1:5]], "score": round(float(d[5]), 5)} for d in dets]
+
+
+def coco_eval(gt: dict[str, Any], dets: np.ndarray, img_ids: Sequence[int] | None = None,
+              verbose: bool = False) -> Any:
+    """Run COCOeval (bbox) on a ground-truth dict and (N, 7) detections; returns the COCOeval or
+    None when there is nothing to score (no detections)."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    if len(dets) == 0:
+        return None
+    quiet = io.StringIO()
+    with contextlib.redirect_stdout(quiet):
+        coco_gt = COCO()
+        coco_gt.dataset = gt
+        coco_gt.createIndex()
+        coco_dt = coco_gt.loadRes(np.asarray(dets, np.float64))
+        ev = COCOeval(coco_gt, coco_dt, "bbox")
+        if img_ids is not None:
+            ev.params.imgIds = sorted(int(i) for i in img_ids)
+        ev.evaluate()
+        ev.accumulate()
+    if verbose:
+        ev.summarize()
+    else:
+        with contextlib.redirect_stdout(quiet):
+            ev.summarize()
+    return ev
+
+
+def per_class_ap(ev: Any, info: DatasetInfo, gt: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """AP@[.5:.95] and AP@.5 of each class with (non-crowd) ground truth, from COCOeval's precision."""
+    precision = ev.eval["precision"]  # [T, R, K, A, M]
+    cat_index = {c: k for k, c in enumerate(ev.params.catIds)}
+    gt_count: dict[int, int] = {}
+    for a in gt["annotations"]:
+        if not a["iscrowd"]:
+            gt_count[a["category_id"]] = gt_count.get(a["category_id"], 0) + 1
+    out: dict[str, dict[str, float]] = {}
+    for name, cid in zip(info.names, info.category_ids):
+        if not gt_count.get(cid) or cid not in cat_index:
+            continue
+        p = precision[:, :, cat_index[cid], 0, -1]
+        p50 = p[0]
+        out[name] = {"ap": float(p[p > -1].mean()) if (p > -1).any() else -1.0,
+                     "ap50": float(p50[p50 > -1].mean()) if (p50 > -1).any() else -1.0,
+                     "gt": gt_count[cid]}
+    return out
+
+
+def plot_pr_curves(ev: Any, info: DatasetInfo, out_dir: str | Path) -> list[Path]:
+    """PNG precision-recall curves from COCOeval's precision array: every class with ground truth
+    (thin) and their mean (bold), at IoU 0.5 and averaged over IoU 0.5:0.95."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    precision = ev.eval["precision"][:, :, :, 0, -1]  # [T, R, K]
+    recall = np.asarray(ev.params.recThrs)
+    names = {c: n for c, n in zip(info.category_ids, info.names)}
+    has_gt = [k for k in range(precision.shape[2]) if (precision[:, :, k] > -1).any()]
+    paths = []
+    for tag, title, curves in (("50", "IoU 0.5", precision[0]),
+                               ("50_95", "IoU 0.5:0.95 (mean over thresholds)", precision.mean(0))):
+        fig, ax = plt.subplots(figsize=(8, 6), dpi=100)
+        for k in has_gt:
+            ax.plot(recall, curves[:, k], lw=0.6, alpha=0.35, color="tab:gray")
+        if has_gt:
+            mean = curves[:, has_gt].mean(1)
+            ap = float(precision[0 if tag == "50" else slice(None)][..., has_gt].mean())
+            ax.plot(recall, mean, lw=2.5, color="tab:blue", label=f"mean of {len(has_gt)} classes (AP {ap:.3f})")
+            best = sorted(has_gt, key=lambda k: -curves[:, k].mean())[:5]
+            for k in best:
+                ax.plot(recall, curves[:, k], lw=1.2, label=f"{names.get(ev.params.catIds[k], k)} "
+                                                           f"({curves[:, k].mean():.3f})")
+        ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.01),
+               title=f"Precision-recall, {title}")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper right", fontsize=8)
+        path = out / f"pr_curve_{tag}.png"
+        fig.tight_layout()
+        fig.savefig(path)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# the evaluation loop
+# ---------------------------------------------------------------------------------------------
+def _size_hw(model: torch.nn.Module, img_size: int | Sequence[int] | None) -> tuple[int, int]:
+    if img_size is None:
+        return tuple(model.input_size)  # type: ignore[return-value]
+    if isinstance(img_size, int):
+        size = (img_size, img_size)
+    else:
+        size = tuple(int(s) for s in img_size)
+        size = (size[0], size[0]) if len(size) == 1 else size[:2]
+    stride = model.max_stride
+    if size[0] <= 0 or size[1] <= 0 or size[0] % stride or size[1] % stride:
+        raise EvalError(f"image size {size[0]}x{size[1]} (h x w): each side must be a positive multiple "
+                        f"of the network's stride {stride}")
+    return size  # type: ignore[return-value]
+
+
+@torch.inference_mode()
+def evaluate(model: torch.nn.Module, info: DatasetInfo, img_size: int | Sequence[int] | None = None,
+             batch_size: int = 16, conf_thres: float = 0.001, nms_thres: float = 0.45, max_det: int = 100,
+             workers: int = 2, device: str | torch.device | None = None, save_json: str | Path | None = None,
+             plots_dir: str | Path | None = None, verbose: bool = True, letter_box: bool | None = None,
+             fuse: bool = False) -> dict[str, Any]:
+    """COCO mAP of ``model`` on ``info`` (the function train.py calls after each epoch).
+
+    The caller's model is left as it was (mode restored; with ``fuse=True`` a fused copy is
+    evaluated). Unreadable images are warned about, skipped and left out of the ground truth,
+    so the rest is still scored. Returns the metrics dict: map, map50, map75, stats (the 12
+    COCOeval numbers), per_class {name: {ap, ap50, gt}}, images, skipped, detections,
+    ms_per_image {preprocess, inference, nms}.
+    """
+    if model.num_classes != info.num_classes:
+        raise EvalError(f"{info.source}: the dataset has {info.num_classes} classes but the model "
+                        f"({getattr(model, 'cfg_path', type(model).__name__)}) predicts {model.num_classes}")
+    size_hw = _size_hw(model, img_size)
+    if letter_box is None:
+        letter_box = bool(model.net.letter_box)
+    if device is None:
+        device = next(model.parameters()).device
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    was_training = model.training
+    net = model
+    if next(model.parameters()).device != device:  # never move the caller's model
+        net = copy.deepcopy(model).to(device)
+    if fuse and not getattr(net, "fused", False):
+        net = (copy.deepcopy(net) if net is model else net).fuse()
+    net.eval()
+    cuda = device.type == "cuda"
+    problems = Problems()
+    records = info.records
+    loader = torch.utils.data.DataLoader(
+        EvalDataset(records, size_hw, letter_box), batch_size=batch_size, shuffle=False,
+        num_workers=workers, collate_fn=collate_eval, pin_memory=cuda,
+        worker_init_fn=worker_init if workers > 0 else None)
+    done: list[int] = []
+    sizes: dict[int, tuple[int, int]] = {}
+    det_chunks: list[np.ndarray] = []
+    t_pre = t_inf = t_nms = 0.0
+    category_ids = np.asarray(info.category_ids, np.float64)
+    try:
+        for batch in tqdm(loader, desc="test", unit="batch", disable=not verbose, leave=False):
+            for i, reason in batch.skipped:
+                problems.add("unreadable image", f"{records[i].path}: {reason}; skipped (left out of the "
+                                                 f"ground truth too)")
+            if not batch.indices:
+                continue
+            t0 = time.perf_counter()
+            x = batch.images.to(device, non_blocking=True)
+            if cuda:
+                torch.cuda.synchronize(device)
+            t1 = time.perf_counter()
+            pred = net(x)
+            if cuda:
+                torch.cuda.synchronize(device)
+            t2 = time.perf_counter()
+            outs = postprocess(pred, conf_thres, nms_thres, max_det)
+            for i, geom, out in zip(batch.indices, batch.geometries, outs):
+                done.append(i)
+                sizes[i] = geom.orig_hw
+                if len(out) == 0:
+                    continue
+                xyxy = geom.to_original(out[:, :4]).astype(np.float64)
+                rows = np.empty((len(out), 7), np.float64)
+                rows[:, 0] = records[i].image_id
+                rows[:, 1:3] = xyxy[:, :2]
+                rows[:, 3:5] = xyxy[:, 2:] - xyxy[:, :2]
+                rows[:, 5] = out[:, 4]
+                rows[:, 6] = category_ids[out[:, 5].astype(np.int64)]
+                det_chunks.append(rows)
+            t3 = time.perf_counter()
+            t_pre += batch.preprocess_s + (t1 - t0)
+            t_inf += t2 - t1
+            t_nms += t3 - t2
+    finally:
+        model.train(was_training)
+
+    done.sort()
+    dets = np.concatenate(det_chunks) if det_chunks else np.zeros((0, 7))
+    eval_records = [records[i] for i in done]
+    gt = ground_truth_coco(info, eval_records, [sizes[i] for i in done])
+    if save_json:
+        Path(save_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(save_json).write_text(json.dumps(detections_to_json(dets)))
+    n = max(len(done), 1)
+    metrics: dict[str, Any] = {
+        "images": len(done), "skipped": len(records) - len(done), "detections": int(len(dets)),
+        "img_size": list(size_hw), "letter_box": letter_box,
+        "ms_per_image": {"preprocess": 1e3 * t_pre / n, "inference": 1e3 * t_inf / n, "nms": 1e3 * t_nms / n},
+    }
+    ev = coco_eval(gt, dets, [r.image_id for r in eval_records], verbose=verbose) if done else None
+    if ev is None:
+        if done:
+            problems.add("no detections", f"{info.source}: the model made no detection above "
+                                          f"conf {conf_thres}; mAP is 0")
+        stats = [0.0] * 12
+        metrics["per_class"] = {}
+    else:
+        stats = [float(s) for s in ev.stats]
+        metrics["per_class"] = per_class_ap(ev, info, gt)
+        if plots_dir:
+            metrics["plots"] = [str(p) for p in plot_pr_curves(ev, info, plots_dir)]
+    metrics.update({"map": stats[0], "map50": stats[1], "map75": stats[2], "stats": stats})
+    metrics["problems"] = dict(problems.counts)
+    return metrics
+
+
+def format_report(metrics: dict[str, Any]) -> str:
+    """The per-class AP table and the speed line, as test.py prints them."""
+    lines = [f"{'class':<20}{'gt':>7}{'AP@[.5:.95]':>13}{'AP@.5':>9}"]
+    for name, row in metrics["per_class"].items():
+        lines.append(f"{name:<20}{row['gt']:>7}{row['ap']:>13.3f}{row['ap50']:>9.3f}")
+    lines.append(f"{'all':<20}{sum(r['gt'] for r in metrics['per_class'].values()):>7}"
+                 f"{metrics['map']:>13.3f}{metrics['map50']:>9.3f}")
+    ms = metrics["ms_per_image"]
+    h, w = metrics["img_size"]
+    lines.append(f"speed: {ms['preprocess']:.1f} ms preprocess, {ms['inference']:.1f} ms inference, "
+                 f"{ms['nms']:.1f} ms NMS per image at {h}x{w} ({metrics['images']} images"
+                 + (f", {metrics['skipped']} skipped" if metrics["skipped"] else "") + ")")
+    return "\n".join(lines)
+
+
+__all__ = ["evaluate", "coco_eval", "ground_truth_coco", "ground_truth_as_detections", "per_class_ap",
+           "plot_pr_curves", "format_report", "EvalError", "STAT_NAMES", "DataWarning"]
