@@ -219,8 +219,8 @@ def parse_label_file(path: Path, num_classes: int, problems: Problems) -> np.nda
             continue
         cls = values[0]
         if cls != int(cls) or not 0 <= cls < num_classes:
-            problems.add("bad label line", f"{where}: class {fields[0]} out of range 0..{num_classes - 1}; "
-                                           f"line skipped")
+            problems.add("bad label line", f"{where}: class {fields[0]} is not a class id in "
+                                           f"0..{num_classes - 1}; line skipped")
             continue
         if not all(np.isfinite(values)) or values[3] <= 0 or values[4] <= 0:
             problems.add("bad label line", f"{where}: box needs finite values and w, h > 0, got "
