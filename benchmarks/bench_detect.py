@@ -93,6 +93,20 @@ def main() -> None:
         rows.append((f"detect.py on data/samples ({len(paths)} images), images loop only",
                      statistics.median(loop_times[1:]), len(paths)))
 
+        # does decoding/writing in threads help? the same folder x8, 1 worker vs the default
+        big = Path(tmp) / "big"
+        big.mkdir()
+        for k in range(8):
+            for p in paths:
+                (big / f"{p.stem}_{k}{p.suffix}").write_bytes(p.read_bytes())
+        n_big = 8 * len(paths)
+        for workers in (1, get_args_parser().get_default("workers")):
+            wargs = get_args_parser().parse_args(
+                ["--source", str(big), "--output", str(Path(tmp) / f"out{workers}"), "--no-progress",
+                 "--quiet", "--batch-size", str(args.batch), "--workers", str(workers)])
+            secs = timed(lambda: run(wargs), max(1, args.repeats // 2))
+            rows.append((f"detect.py on {n_big} images, --workers {workers}, incl. model load", secs, n_big))
+
     ref = rows[0][2] / rows[0][1]
     print(f"torch {torch.__version__}, OpenCV {cv2.__version__}, {args.threads} threads, "
           f"input 320x320, median of {args.repeats}")

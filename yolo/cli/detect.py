@@ -30,8 +30,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "for an 80-class model, else class numbers)")
     p.add_argument("--source", default=str(DEFAULT_SOURCE),
                    help="image, folder, glob, .txt list of images, video file, stream URL or webcam index")
-    p.add_argument("--img-size", type=int, nargs="+", default=None, metavar="N",
-                   help="network input: one size, or height width (default: the cfg's)")
+    p.add_argument("--img-size", type=_sizes, nargs="+", default=None, metavar="N",
+                   help="network input: one size, or height width (also H,W) (default: the cfg's)")
     p.add_argument("--conf-thres", type=float, default=0.25, help="score threshold (objectness x class)")
     p.add_argument("--nms-thres", type=float, default=0.45, help="IoU threshold of per-class NMS")
     p.add_argument("--max-det", type=int, default=100, help="at most this many detections per image")
@@ -52,6 +52,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--quiet", action="store_true", help="no per-image lines")
     return p
+
+
+def _sizes(text: str) -> list[int]:
+    """``416`` or ``320,416``; argparse turns the ValueError into a one-line usage error."""
+    sizes = [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
+    if not sizes:
+        raise ValueError(text)
+    return sizes
 
 
 def _classes(tokens: Sequence[str] | None, names: Sequence[str]) -> list[int] | None:
@@ -78,7 +86,8 @@ def run(args: argparse.Namespace) -> Summary:
     if args.batch_size < 1 or args.workers < 1:
         raise UserError(f"--batch-size and --workers must be positive, got {args.batch_size}, {args.workers}")
     source = resolve_source(args.source)  # before loading the model: a typo fails fast
-    detector = Detector(args.cfg, args.weights, names=args.names, device=device, img_size=args.img_size,
+    img_size = [v for group in args.img_size for v in group] if args.img_size else None
+    detector = Detector(args.cfg, args.weights, names=args.names, device=device, img_size=img_size,
                         conf_thres=args.conf_thres, nms_thres=args.nms_thres, max_det=args.max_det,
                         half=args.half, batch_size=args.batch_size)
     detector.classes = None
