@@ -30,7 +30,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "for an 80-class model, else class numbers)")
     p.add_argument("--source", default=str(DEFAULT_SOURCE),
                    help="image, folder, glob, .txt list of images, video file, stream URL or webcam index")
-    p.add_argument("--img-size", type=_sizes, nargs="+", default=None, metavar="N",
+    p.add_argument("--img-size", type=image_size, nargs="+", default=None, metavar="N",
                    help="network input: one size, or height width (also H,W) (default: the cfg's)")
     p.add_argument("--conf-thres", type=float, default=0.25, help="score threshold (objectness x class)")
     p.add_argument("--nms-thres", type=float, default=0.45, help="IoU threshold of per-class NMS")
@@ -54,7 +54,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _sizes(text: str) -> list[int]:
+def image_size(text: str) -> list[int]:
     """``416`` or ``320,416``; argparse turns the ValueError into a one-line usage error."""
     sizes = [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
     if not sizes:
