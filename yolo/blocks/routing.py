@@ -105,13 +105,17 @@ class Upsample(Block):
 
 @register("maxpool")
 class MaxPool(Block):
-    """Darknet max-pool: total padding ``size - 1`` by default, left/top gets half (floor)."""
+    """Darknet max-pool: total padding ``size - 1`` by default, left/top gets half (floor).
+
+    Output side ``(n + padding - size) // stride + 1`` as in Darknet. Padding that no window
+    reaches (e.g. the right column of a 2x2/2 pool on an even map) is never materialised, and
+    symmetric padding goes to ``max_pool2d`` itself: padding a map with ``F.pad`` copies it.
+    """
 
     def __init__(self, channels: int, size: int, step: int, padding: int, stride: float) -> None:
         super().__init__(channels, stride)
-        self.size, self.step = size, step
-        lo = padding // 2
-        self.pads = (lo, padding - lo, lo, padding - lo)
+        self.size, self.step, self.padding = size, step, padding
+        self._plans: dict[tuple[int, int], tuple[tuple[int, int, int, int], int]] = {}
 
     @classmethod
     def from_section(cls, s: Section, ctx: BuildContext) -> "MaxPool":
@@ -122,10 +126,30 @@ class MaxPool(Block):
             raise s.error(f"needs size >= 1, stride >= 1, padding >= 0; got {size}, {step}, {padding}")
         return cls(ctx.c_in, size, step, padding, ctx.stride_in * step)
 
+    def _side(self, n: int) -> tuple[int, int]:
+        """(low, high) padding actually reached by Darknet's windows on a side of length n."""
+        lo = self.padding // 2
+        out = (n + self.padding - self.size) // self.step + 1
+        hi = max(0, (out - 1) * self.step - lo + self.size - n)
+        return lo, hi
+
+    def _plan(self, h: int, w: int) -> tuple[tuple[int, int, int, int], int]:
+        """(F.pad amounts, max_pool2d padding) for an h x w input, cached per size."""
+        plan = self._plans.get((h, w))
+        if plan is None:
+            (top, bottom), (left, right) = self._side(h), self._side(w)
+            if top == bottom == left == right and 2 * top <= self.size:
+                plan = ((0, 0, 0, 0), top)
+            else:
+                plan = ((left, right, top, bottom), 0)
+            self._plans[(h, w)] = plan
+        return plan
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if any(self.pads):
-            x = F.pad(x, self.pads, value=float("-inf"))
-        return F.max_pool2d(x, self.size, self.step)
+        pads, inner = self._plan(int(x.shape[-2]), int(x.shape[-1]))
+        if any(pads):
+            x = F.pad(x, pads, value=float("-inf"))
+        return F.max_pool2d(x, self.size, self.step, inner)
 
 
 @register("dropout")

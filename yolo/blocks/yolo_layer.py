@@ -103,7 +103,7 @@ class YOLOLayer(Block):
         p = x.view(b, self.num_anchors, self.num_attrib, ny, nx).permute(0, 1, 3, 4, 2)
         if self.training:
             return p.contiguous()  # (b, na, ny, nx, 5 + classes), raw
-        return self.decode(p).view(b, -1, self.num_attrib)
+        return self.decode(p).reshape(b, -1, self.num_attrib)
 
     def decode(self, p: torch.Tensor) -> torch.Tensor:
         """Raw (b, na, ny, nx, 5+C) -> boxes cx, cy, w, h (input pixels), objectness, class probs."""
