@@ -16,7 +16,7 @@ from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import cv2
 import numpy as np
@@ -30,6 +30,8 @@ from .draw import draw_detections
 from .model import Darknet
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pbm", ".pgm",
                         ".ppm", ".pxm", ".pnm", ".sr", ".ras", ".exr", ".hdr", ".pic"})
@@ -352,7 +354,7 @@ def _load_and_prepare(detector: Detector, path: Path) -> tuple[np.ndarray | None
     return img, prepared, geometry
 
 
-def _prefetch(pool: ThreadPoolExecutor, fn, items: Sequence, depth: int) -> Iterator:
+def _prefetch(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Sequence[T], depth: int) -> Iterator[R]:
     """``fn`` over ``items`` in the pool, in order, at most ``depth`` ahead (bounded memory)."""
     queue: deque[Future] = deque()
     it = iter(items)
@@ -501,8 +503,8 @@ def _run_stream(detector: Detector, source: Source, writer: _Writer, summary: Su
     webcam = source.kind == "webcam"
     if webcam:
         batch_size = 1  # latency over throughput
-        log.warning("webcam %s: press q in the window%s or Ctrl-C to stop", source.target,
-                    "" if view else " (with --view)")
+        log.warning("webcam %s: %s to stop", source.target,
+                    "press q in the window or Ctrl-C" if view else "press Ctrl-C")
     total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if not webcam else 0
     fps = cap.get(cv2.CAP_PROP_FPS)
     fps = fps if fps and np.isfinite(fps) and 0 < fps < 1000 else 30.0
