@@ -313,3 +313,16 @@ def test_draw_colours_and_labels() -> None:
     assert tuple(out[110, 50]) == class_colour(2)  # left edge of the first box
     assert np.array_equal(out[100:140, 70:140], img[100:140, 70:140])  # box inside untouched
     assert (out[:30, :40] != 90).any(axis=-1).sum() > 100  # label of the box at the border drawn inside
+
+
+def test_api_reads_pt_checkpoint_with_its_names(tmp_path: Path, fastest_cfg: Path, fastest_weights: Path,
+                                                samples_dir: Path, detector: Detector) -> None:
+    from yolo import Darknet
+    from yolo.checkpoint import save_checkpoint
+    model = Darknet(fastest_cfg).load_darknet_weights(fastest_weights)
+    names = [f"thing{i}" for i in range(80)]
+    save_checkpoint({"model": model.state_dict(), "names": names}, tmp_path / "m.pt")
+    det = Detector(fastest_cfg, tmp_path / "m.pt")
+    assert det.names == names
+    dog = cv2.imread(str(samples_dir / "dog.jpg"))
+    np.testing.assert_allclose(det(dog), detector(dog), atol=1e-4)
