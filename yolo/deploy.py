@@ -14,9 +14,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from .cfg import ConfigError, Section, parse_cfg_text
+from .cfg import ConfigError, parse_cfg_text
+
+if TYPE_CHECKING:
+    from .model import Darknet
 
 KeyEdits = dict[str, "str | None"]
 
@@ -67,7 +70,7 @@ def edit_cfg_text(text: str, edits: dict[int, KeyEdits]) -> str:
     return "\n".join(out) + ("\n" if text.endswith("\n") else "")
 
 
-def deploy_model(model):
+def deploy_model(model: "Darknet") -> "Darknet":
     """In place: every block with a ``deploy()`` form is replaced by it; cfg text follows.
 
     Returns the model (eval mode). Its ``cfg_text``/``sections`` are the deployed cfg, so
