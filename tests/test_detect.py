@@ -87,7 +87,7 @@ def test_api_rgb_list_and_classes(detector: Detector, samples_dir: Path, fastest
     np.testing.assert_allclose(detector(dog[..., ::-1].copy(), rgb=True), single, atol=1e-4)
     # an RGB image passed as BGR is a different input: the flag must matter
     assert not np.array_equal(detector(dog[..., ::-1].copy()), single)
-    only_dogs = Detector(fastest_cfg, fastest_weights, classes=[16])(dog)
+    only_dogs = Detector(fastest_cfg, fastest_weights, classes=["Dog"])(dog)
     assert len(only_dogs) and set(only_dogs[:, 5].tolist()) == {16}
     assert only_dogs[0, 4] == pytest.approx(single[single[:, 5] == 16][0, 4])
 
@@ -107,6 +107,8 @@ def test_api_follows_letter_box_and_checks_sizes(tmp_path: Path, fastest_cfg: Pa
         det(np.zeros((10, 10, 3), np.float32))
     with pytest.raises(DetectError, match="classes 0..79"):
         Detector(fastest_cfg, fastest_weights, classes=[80])
+    with pytest.raises(DetectError, match="'unicorn' is not a class name"):
+        Detector(fastest_cfg, fastest_weights, classes=["dog", "unicorn"])
     with pytest.raises(DetectError, match="CUDA"):
         Detector(fastest_cfg, fastest_weights, half=True)
 

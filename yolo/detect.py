@@ -87,7 +87,7 @@ class Detector:
     def __init__(self, cfg: str | Path, weights: str | Path, names: str | Path | Sequence[str] | None = None,
                  device: str | torch.device = "cpu", img_size: int | Sequence[int] | None = None,
                  conf_thres: float = 0.25, nms_thres: float = 0.45, max_det: int = 100,
-                 classes: Sequence[int] | None = None, half: bool = False, batch_size: int = 16) -> None:
+                 classes: Sequence[int | str] | None = None, half: bool = False, batch_size: int = 16) -> None:
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise DetectError(f"device '{device}': CUDA is not available here; use device='cpu'")
@@ -110,12 +110,7 @@ class Detector:
         self.letter_box = bool(model.net.letter_box)
         self.conf_thres, self.nms_thres, self.max_det = float(conf_thres), float(nms_thres), int(max_det)
         self.batch_size = int(batch_size)
-        if classes is not None:
-            bad = [c for c in classes if not 0 <= int(c) < self.num_classes]
-            if bad:
-                raise DetectError(f"classes {bad}: the model has classes 0..{self.num_classes - 1}")
-            classes = [int(c) for c in classes]
-        self.classes = classes
+        self.classes = self._class_ids(classes)
 
     def _names(self, names: str | Path | Sequence[str] | None, saved: object, cfg: str | Path) -> list[str]:
         where = "names"
@@ -135,6 +130,23 @@ class Detector:
             raise DetectError(f"{where}: {len(names)} class names, but {Path(cfg).name} has "
                               f"{self.num_classes} classes: use the names file the model was trained with")
         return names
+
+    def _class_ids(self, classes: Sequence[int | str] | None) -> list[int] | None:
+        """Class ids or names (case-insensitive) -> checked ids; None keeps every class."""
+        if classes is None:
+            return None
+        lookup = {n.lower(): i for i, n in enumerate(self.names)}
+        ids = []
+        for c in classes:
+            if isinstance(c, str) and not c.strip().isdigit():
+                if c.strip().lower() not in lookup:
+                    raise DetectError(f"classes: '{c}' is not a class name of this model")
+                ids.append(lookup[c.strip().lower()])
+            elif not 0 <= int(c) < self.num_classes:
+                raise DetectError(f"classes: {int(c)} is out of range: the model has classes 0..{self.num_classes - 1}")
+            else:
+                ids.append(int(c))
+        return ids
 
     # --- steps, usable on their own (the CLI decodes and prepares images in threads) -------------
     def prepare(self, img: np.ndarray) -> tuple[np.ndarray, Geometry]:

@@ -62,22 +62,6 @@ def image_size(text: str) -> list[int]:
     return sizes
 
 
-def _classes(tokens: Sequence[str] | None, names: Sequence[str]) -> list[int] | None:
-    """``--classes 0 dog 2`` -> ids; names are matched case-insensitively."""
-    if tokens is None:
-        return None
-    lookup = {n.lower(): i for i, n in enumerate(names)}
-    out = []
-    for tok in tokens:
-        if tok.isdigit():
-            out.append(int(tok))
-        elif tok.lower() in lookup:
-            out.append(lookup[tok.lower()])
-        else:
-            raise UserError(f"--classes: '{tok}' is neither a class id nor a class name of this model")
-    return out
-
-
 def run(args: argparse.Namespace) -> Summary:
     """Build the detector from parsed arguments and run it; the CLI's whole job."""
     device = parse_device(args.device)
@@ -89,14 +73,7 @@ def run(args: argparse.Namespace) -> Summary:
     img_size = [v for group in args.img_size for v in group] if args.img_size else None
     detector = Detector(args.cfg, args.weights, names=args.names, device=device, img_size=img_size,
                         conf_thres=args.conf_thres, nms_thres=args.nms_thres, max_det=args.max_det,
-                        half=args.half, batch_size=args.batch_size)
-    detector.classes = None
-    classes = _classes(args.classes, detector.names)
-    if classes is not None:
-        bad = [c for c in classes if not 0 <= c < detector.num_classes]
-        if bad:
-            raise UserError(f"--classes {bad}: the model has classes 0..{detector.num_classes - 1}")
-        detector.classes = classes
+                        classes=args.classes, half=args.half, batch_size=args.batch_size)
     writes = not args.no_save or args.save_txt or args.save_json
     output = Path(args.output) if args.output else (increment_dir(Path("runs") / "detect") if writes else None)
     return detect_source(detector, source, output, save=not args.no_save, save_txt=args.save_txt,
