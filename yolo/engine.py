@@ -136,6 +136,25 @@ class ModelEMA:
                 v.copy_(msd[k])
 
 
+@torch.no_grad()
+def init_head_biases(model: nn.Module, objects_per_image: float = 8.0) -> None:
+    """Start a from-scratch head from priors (as mmdetection does): objectness ~ a few objects per
+    image spread over the grid, classes ~ uniform. Without it the first steps are spent pushing
+    thousands of 0.5 objectness outputs down, which can wreck the young features."""
+    m = unwrap(model)
+    for i, block in enumerate(m.module_list):
+        if not block.is_output:
+            continue
+        conv = next((c for c in reversed([mod for b in list(m.module_list)[:i] for mod in b.modules()])
+                     if isinstance(c, nn.Conv2d)), None)
+        if conv is None or conv.bias is None or conv.out_channels != block.num_anchors * block.num_attrib:
+            continue
+        b = conv.bias.view(block.num_anchors, block.num_attrib)
+        cells = (m.net.width / block.stride) * (m.net.height / block.stride)
+        b[:, 4] = math.log(objects_per_image / (cells * len(m.yolo_layers) * block.num_anchors))
+        b[:, 5:] = math.log(1.0 / max(block.num_classes - 0.99, 1.0))
+
+
 def freeze(model: nn.Module, n: int) -> list[str]:
     """Freeze the first ``n`` sections (weights and BatchNorm statistics); returns their names."""
     frozen = []

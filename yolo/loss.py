@@ -157,13 +157,21 @@ class YOLOLoss:
             txy = tb[:, :2] / layer.stride - grid
             txy = (txy + (s - 1) / 2) / s  # the sigmoid value that decodes to the target
             twh = torch.log(tb[:, 2:] / anchor_px)
-            lxy = s * F.binary_cross_entropy_with_logits(ps[:, :2], txy, reduction="none").sum(1)
+            # BCE minus its minimum (the target's entropy, no gradient) so that the logged loss is 0 at the optimum
+            t = txy.clamp(1e-6, 1 - 1e-6)
+            entropy = -(t * t.log() + (1 - t) * (1 - t).log())
+            lxy = s * (F.binary_cross_entropy_with_logits(ps[:, :2], txy, reduction="none") - entropy).sum(1)
             lwh = 0.5 * (ps[:, 2:4] - twh).square().sum(1)
             return (scale * (lxy + lwh)).sum()
-        xy = ps[:, :2].sigmoid() * s - (s - 1) / 2
-        wh = torch.exp(ps[:, 2:4].clamp(max=8.0)) * anchor_px
-        pbox = torch.cat(((xy + grid) * layer.stride, wh), 1)
-        return (1.0 - bbox_iou_kind(pbox, tb, layer.iou_loss)).sum()
+        # Darknet applies dIoU/d(box) (normalised box) straight to tx, ty (no logistic derivative)
+        # and dIoU/dw * exp(tw) to tw: the values are the decoded box, the gradients straight-through
+        size = torch.tensor(input_wh, device=ps.device, dtype=ps.dtype)
+        raw_xy, raw_wh = ps[:, :2], ps[:, 2:4]
+        xy_val = ((raw_xy.detach().sigmoid() * s - (s - 1) / 2) + grid) * layer.stride / size
+        e = torch.exp(raw_wh.detach().clamp(max=8.0))
+        xy = xy_val + (raw_xy - raw_xy.detach())
+        wh = e * anchor_px / size + e * (raw_wh - raw_wh.detach())
+        return (1.0 - bbox_iou_kind(torch.cat((xy, wh), 1), tb / size.repeat(2), layer.iou_loss)).sum()
 
     @staticmethod
     def _best_iou(layer, p: torch.Tensor, img: torch.Tensor, tbox_xyxy: torch.Tensor, batch: int) -> torch.Tensor:

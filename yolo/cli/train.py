@@ -25,7 +25,7 @@ from torch import nn
 from ..augment import AugmentConfig, TrainDataset, collate
 from ..checkpoint import CheckpointError, check_same_cfg, load_checkpoint, load_weights, save_checkpoint
 from ..engine import (SUPPORTED_POLICIES, Hyp, ModelEMA, SkipSampler, TrainState, append_results, barrier,
-                      build_optimizer, cleanup_distributed, freeze, init_distributed, multiscale_range,
+                      build_optimizer, cleanup_distributed, freeze, init_head_biases, init_distributed, multiscale_range,
                       plot_results, set_rng_state, train_one_epoch, training_state, unwrap)
 from ..model import Darknet
 from .common import UserError, increment_dir, parse_device, user_errors
@@ -193,6 +193,8 @@ def _train(args: argparse.Namespace, ckpt: dict[str, Any] | None, device: torch.
     elif args.weights:
         load_weights(model, args.weights, cutoff=args.cutoff)
         say(f"weights: {args.weights}" + (f" (first {args.cutoff} sections)" if args.cutoff else ""))
+    else:
+        init_head_biases(model)
     net = model.net
     for layer in model.yolo_layers:
         if layer.new_coords:
