@@ -2,10 +2,15 @@
 
 Same model (cfg/yolo-fastest-1.1), same images (data/samples), same CPU threads, one run; the
 numbers that matter are the ratios (the machine may be shared). Run: python benchmarks/bench_detect.py
+
+On an oversubscribed machine (load average above the core count) PyTorch's OpenMP threads spin and
+lose far more than OpenCV's pool does; ``OMP_WAIT_POLICY=PASSIVE`` (set before Python starts) or
+``--threads 1`` gives a fairer picture there. The load average is printed with the results.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -109,7 +114,8 @@ def main() -> None:
 
     ref = rows[0][2] / rows[0][1]
     print(f"torch {torch.__version__}, OpenCV {cv2.__version__}, {args.threads} threads, "
-          f"input 320x320, median of {args.repeats}")
+          f"input 320x320, median of {args.repeats}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '-')}, "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"{'':64s} {'img/s':>8s} {'vs OpenCV fwd':>14s}")
     for name, secs, count in rows:
         rate = count / secs
