@@ -449,8 +449,11 @@ def collate_eval(items: list[tuple[np.ndarray | None, int, Geometry | str, float
 
 
 def worker_init(_: int) -> None:
-    """One thread per worker: the workers already run in parallel."""
-    cv2.setNumThreads(1)
+    """One torch thread per worker: the workers already run in parallel.
+
+    (No ``cv2.setNumThreads`` here: in a forked worker it can deadlock on the thread pool
+    inherited from the parent, seen with OpenCV 4.14.)
+    """
     torch.set_num_threads(1)
 
 
