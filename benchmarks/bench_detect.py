@@ -98,14 +98,14 @@ def main() -> None:
         rows.append((f"detect.py on data/samples ({len(paths)} images), images loop only",
                      statistics.median(loop_times[1:]), len(paths)))
 
-        # does decoding/writing in threads help? the same folder x8, 1 worker vs the default
+        # does decoding/writing in threads help? the same folder x8, no threads vs 1 vs the default
         big = Path(tmp) / "big"
         big.mkdir()
         for k in range(8):
             for p in paths:
                 (big / f"{p.stem}_{k}{p.suffix}").write_bytes(p.read_bytes())
         n_big = 8 * len(paths)
-        for workers in (1, get_args_parser().get_default("workers")):
+        for workers in (0, 1, get_args_parser().get_default("workers")):
             wargs = get_args_parser().parse_args(
                 ["--source", str(big), "--output", str(Path(tmp) / f"out{workers}"), "--no-progress",
                  "--quiet", "--batch-size", str(args.batch), "--workers", str(workers)])

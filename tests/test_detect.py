@@ -153,7 +153,8 @@ def test_cli_folder_with_unreadable_image(tmp_path: Path, samples_dir: Path, cap
     (src / "broken.jpg").write_bytes(b"this is not a JPEG")
     out = tmp_path / "out"
     with caplog.at_level(logging.WARNING, logger="yolo.detect"):
-        rc = main(["--source", str(src), "--output", str(out), "--no-progress", "--batch-size", "2"])
+        rc = main(["--source", str(src), "--output", str(out), "--no-progress", "--batch-size", "2",
+                   "--workers", "0"])
     assert rc == 0
     assert sorted(p.name for p in out.iterdir()) == ["dog.jpg", "eagle.jpg"]
     assert any("broken.jpg" in r.getMessage() and "skipped" in r.getMessage() for r in caplog.records)

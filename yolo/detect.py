@@ -399,7 +399,7 @@ def detect_source(detector: Detector, source: Source | str | int, output: str | 
     start = time.perf_counter()
     try:
         if source.kind == "images":
-            _run_images(detector, source, writer, summary, view, max(1, batch_size), max(1, workers),
+            _run_images(detector, source, writer, summary, view, max(1, batch_size), max(0, workers),
                         progress, verbose)
         else:
             _run_stream(detector, source, writer, summary, view, max(1, batch_size), progress)
@@ -427,10 +427,10 @@ def _run_images(detector: Detector, source: Source, writer: _Writer, summary: Su
                 batch_size: int, workers: int, progress: bool, verbose: bool) -> None:
     bar = tqdm(total=len(source.paths), unit="img", disable=not progress, leave=False)
     # decode + resize in threads (OpenCV releases the GIL); annotate + encode there too
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with (ThreadPoolExecutor(max_workers=workers) if workers else _InlinePool()) as pool:
         pending: deque[Future] = deque()  # annotate + encode + write, in the pool
         loaded = _prefetch(pool, lambda p: (p, *_load_and_prepare(detector, p)), source.paths,
-                           depth=batch_size + 2 * workers)
+                           depth=batch_size + 2 * max(1, workers))
         batch: list[tuple[Path, np.ndarray, np.ndarray, Geometry]] = []
         stop = False
 
@@ -454,7 +454,7 @@ def _run_images(detector: Detector, source: Source, writer: _Writer, summary: Su
                     pending.append(pool.submit(_annotate_and_write, writer.output / name, img, d,
                                                detector.names))
             batch.clear()
-            while len(pending) > 2 * workers:  # bounded memory on big folders
+            while len(pending) > 2 * max(1, workers):  # bounded memory on big folders
                 summary.saved.append(pending.popleft().result())
             return keep_going
 
@@ -473,6 +473,21 @@ def _run_images(detector: Detector, source: Source, writer: _Writer, summary: Su
         while pending:
             summary.saved.append(pending.popleft().result())
     bar.close()
+
+
+class _InlinePool(ThreadPoolExecutor):
+    """``workers=0``: run each task at once in the calling thread (no threads competing with torch's)."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=1)
+
+    def submit(self, fn: Callable, /, *args, **kwargs) -> Future:  # type: ignore[override]
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as e:  # delivered through .result(), as a pool would
+            future.set_exception(e)
+        return future
 
 
 def _annotate_and_write(path: Path, img: np.ndarray, dets: np.ndarray, names: Sequence[str]) -> Path:

@@ -41,7 +41,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--half", action="store_true", help="fp16 inference (CUDA only)")
     p.add_argument("--batch-size", type=int, default=8, help="images or video frames per forward pass")
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                   help="threads decoding and writing images")
+                   help="threads decoding and writing images (0: none, all in the main thread)")
     p.add_argument("--output", default=None, help="output folder (default: a new runs/detect/expN)")
     p.add_argument("--save-txt", action="store_true",
                    help="write labels/<image>.txt: class cx cy w h score, normalised to the image size")
@@ -67,8 +67,8 @@ def run(args: argparse.Namespace) -> Summary:
     device = parse_device(args.device)
     if args.half and device.type != "cuda":
         raise UserError("--half needs a CUDA device (--device cuda); fp16 on CPU is not supported")
-    if args.batch_size < 1 or args.workers < 1:
-        raise UserError(f"--batch-size and --workers must be positive, got {args.batch_size}, {args.workers}")
+    if args.batch_size < 1 or args.workers < 0:
+        raise UserError(f"--batch-size must be positive and --workers >= 0, got {args.batch_size}, {args.workers}")
     source = resolve_source(args.source)  # before loading the model: a typo fails fast
     img_size = [v for group in args.img_size for v in group] if args.img_size else None
     detector = Detector(args.cfg, args.weights, names=args.names, device=device, img_size=img_size,
