@@ -114,3 +114,17 @@ def test_conv_without_activation_is_logistic():
     with torch.no_grad():
         expected = torch.sigmoid(torch.nn.functional.conv2d(x, conv.unit.conv.weight, conv.unit.conv.bias))
         torch.testing.assert_close(conv(x), expected)
+
+
+@pytest.mark.parametrize("section, key_line", [
+    ("[convolutional]\nfilters=4\nsize=3\nstride=1\nstride_x=2\n", "stride_x=2"),
+    ("[convolutional]\nfilters=4\nsize=3\nxnor=1\n", "xnor=1"),
+    ("[convolutional]\nfilters=3\nsize=1\n[shortcut]\nfrom=-1\nweights_type=per_channel\n",
+     "weights_type=per_channel"),
+])
+def test_unsupported_darknet_keys_are_errors_not_silent(tmp_path, section, key_line):
+    cfg = tmp_path / "bad.cfg"
+    cfg.write_text("[net]\nwidth=32\nheight=32\nchannels=3\n" + section)
+    line = cfg.read_text().splitlines().index(key_line) + 1
+    with pytest.raises(ConfigError, match=rf"bad.cfg:{line}:.*not supported"):
+        Darknet(cfg)

@@ -91,6 +91,16 @@ class Section:
             raise self.error(f"expected one of {', '.join(choices)}, got '{value}'", key)
         return value
 
+    def unsupported(self, key: str, default: str) -> None:
+        """A Darknet key this port does not implement: fine at its default, an error otherwise.
+
+        Better than an "unused field" warning for keys that change the result.
+        """
+        value = self.str(key, default)
+        if value != default:
+            raise self.error(f"'{key}={value}' is not supported by this implementation "
+                             f"(only the default '{default}')", key)
+
     def unused(self) -> list[str]:
         return [k for k in self.options if k not in self.used]
 

@@ -123,6 +123,10 @@ class Convolutional(Block):
         dilation = s.int("dilation", 1)
         bn = s.bool("batch_normalize", False)
         act = make_activation(s)
+        s.unsupported("stride_x", str(stride))
+        s.unsupported("stride_y", str(stride))
+        for key in ("binary", "xnor", "antialiasing", "deform", "share_index"):
+            s.unsupported(key, "0" if key != "share_index" else "-1000000000")
         if min(filters, size, stride, groups, dilation) < 1:
             raise s.error("filters, size, stride, groups and dilation must be >= 1")
         if ctx.c_in % groups or filters % groups:

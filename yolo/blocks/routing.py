@@ -70,6 +70,8 @@ class Shortcut(Block):
     def from_section(cls, s: Section, ctx: BuildContext) -> "Shortcut":
         inputs = tuple(ctx.layer_index(s, v, "from") for v in s.ints("from"))
         act = make_activation(s, "linear")
+        s.unsupported("weights_type", "none")
+        s.unsupported("weights_normalization", "none")
         for i in inputs:
             if ctx.strides[i] != ctx.stride_in:
                 raise s.error(f"layer {i} has stride {ctx.strides[i]}, this input has "
