@@ -39,7 +39,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--nms-thres", type=float, default=0.45, help="IoU threshold of per-class NMS")
     p.add_argument("--max-det", type=int, default=100, help="at most this many detections per image")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or N")
-    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+    p.add_argument("--workers", type=int, default=min(4, max(1, (os.cpu_count() or 1) // 2)),
                    help="DataLoader worker processes reading images (0: in the main process)")
     p.add_argument("--save-json", default=None, metavar="FILE", help="write the detections as COCO results json")
     p.add_argument("--metrics-json", default=None, metavar="FILE", help="write the metrics as json")
@@ -71,6 +71,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     info = load_dataset(args.data, args.images, split=args.split)  # before the model: a typo fails fast
     if not info.records:
         raise UserError(f"{info.source}: no usable images")
+    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        # Leave the loader workers their cores: torch threads that outnumber free cores spin in
+        # OpenMP barriers (measured 4x slower inference on 2 cores with 2 workers + 2 threads).
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - args.workers))
     model = Darknet(args.cfg)
     load_weights(model, args.weights)
     model.fuse().to(device)

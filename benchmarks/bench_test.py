@@ -1,0 +1,121 @@
+"""Wall time of ``python test.py`` on coco128 next to an OpenCV DNN pipeline, in one run.
+
+The OpenCV pipeline is what one writes with OpenCV alone: ``cv2.dnn.readNetFromDarknet``, then
+per image ``imread`` + ``blobFromImage`` (plain resize, as the model was trained) + ``forward``,
+score = objectness x class probability, the same per-class NMS op as ours
+(``cv2.dnn.NMSBoxesBatched``, IoU 0.45, at most 100 per image), boxes scaled back, and
+pycocotools COCOeval. Both run as fresh processes (imports, model load and scoring included), so
+the figures are end to end. Speed is printed, never asserted.
+
+    python benchmarks/bench_test.py [--coco128 ../shared/data/coco128] [--repeat 2]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CFG = ROOT / "cfg" / "yolo-fastest-1.1.cfg"
+WEIGHTS = ROOT / "weights" / "yolo-fastest-1.1.weights"
+
+
+def opencv_pipeline(coco128: Path, conf: float, out_json: Path) -> None:
+    """The reference pipeline (runs in its own process: only cv2, numpy and pycocotools imported)."""
+    import contextlib
+    import io
+
+    import cv2
+    import numpy as np
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    ann = coco128 / "annotations" / "instances_val2017.json"
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(ann))
+    cat_ids = sorted(gt.getCatIds())
+    # OpenCV's [yolo] layer zeroes scores below its 'thresh' (default 0.2): lower it to conf
+    cfg = out_json.with_suffix(".cfg")
+    cfg.write_text(CFG.read_text().replace("[yolo]", f"[yolo]\nthresh={conf}"))
+    net = cv2.dnn.readNetFromDarknet(str(cfg), str(WEIGHTS))
+    names = net.getUnconnectedOutLayersNames()
+    dets = []
+    for img_id in sorted(gt.getImgIds()):
+        info = gt.loadImgs(img_id)[0]
+        img = cv2.imread(str(coco128 / "val2017" / info["file_name"]))
+        h0, w0 = img.shape[:2]
+        net.setInput(cv2.dnn.blobFromImage(img, 1 / 255.0, (320, 320), swapRB=True, crop=False))
+        out = np.concatenate([o.reshape(-1, o.shape[-1]) for o in net.forward(names)])
+        scores = out[:, 5:]  # OpenCV's [yolo] layer already multiplies by objectness
+        box_i, cls_i = np.nonzero(scores > conf)
+        if not len(box_i):
+            continue
+        xywh = out[box_i, :4] * [w0, h0, w0, h0]
+        rects = np.concatenate([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, 2:]], 1).astype(np.float64)
+        s = scores[box_i, cls_i].astype(np.float32)
+        keep = np.asarray(cv2.dnn.NMSBoxesBatched(rects, s, cls_i.astype(np.int32), conf, 0.45), np.int64).reshape(-1)
+        keep = keep[np.argsort(-s[keep], kind="stable")][:100]
+        for k in keep:
+            x1, y1 = max(rects[k, 0], 0), max(rects[k, 1], 0)
+            x2, y2 = min(rects[k, 0] + rects[k, 2], w0), min(rects[k, 1] + rects[k, 3], h0)
+            dets.append([img_id, x1, y1, x2 - x1, y2 - y1, s[k], cat_ids[cls_i[k]]])
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev = COCOeval(gt, gt.loadRes(np.asarray(dets, np.float64)), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    out_json.write_text(json.dumps({"map": float(ev.stats[0]), "map50": float(ev.stats[1]), "images": 128}))
+
+
+def timed(cmd: list[str]) -> tuple[float, str]:
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if proc.returncode:
+        sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-2000:]}")
+    return wall, proc.stdout
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--coco128", type=Path, default=ROOT.parent / "shared" / "data" / "coco128")
+    p.add_argument("--conf", type=float, default=0.005, help="score threshold of both (the reference's)")
+    p.add_argument("--repeat", type=int, default=2, help="runs of each; the best is reported")
+    p.add_argument("--workers", type=int, default=None, help="test.py --workers (default: its own)")
+    p.add_argument("--opencv-only", type=Path, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.opencv_only:
+        opencv_pipeline(args.coco128, args.conf, args.opencv_only)
+        return 0
+    if not args.coco128.is_dir():
+        sys.exit(f"coco128 not found at {args.coco128} (pass --coco128)")
+    tmp = Path(tempfile.mkdtemp())
+    ours_cmd = [sys.executable, "test.py", "--data", str(args.coco128 / "annotations" / "instances_val2017.json"),
+                "--images", str(args.coco128 / "val2017"), "--conf-thres", str(args.conf), "--no-progress",
+                "--metrics-json", str(tmp / "ours.json")]
+    if args.workers is not None:
+        ours_cmd += ["--workers", str(args.workers)]
+    cv_cmd = [sys.executable, __file__, "--coco128", str(args.coco128), "--conf", str(args.conf),
+              "--opencv-only", str(tmp / "opencv.json")]
+    best = {"ours": float("inf"), "opencv": float("inf")}
+    for _ in range(args.repeat):  # interleaved, so a busy machine slows both alike
+        for name, cmd in (("opencv", cv_cmd), ("ours", ours_cmd)):
+            best[name] = min(best[name], timed(cmd)[0])
+    ours = json.loads((tmp / "ours.json").read_text())
+    ref = json.loads((tmp / "opencv.json").read_text())
+    ms = ours["ms_per_image"]
+    print(f"coco128, yolo-fastest-1.1 @320, conf {args.conf}, {os.cpu_count()} CPUs, best of {args.repeat}")
+    print(f"  opencv dnn pipeline : {best['opencv']:6.2f} s   mAP {ref['map']:.4f}  mAP@.5 {ref['map50']:.4f}")
+    print(f"  test.py             : {best['ours']:6.2f} s   mAP {ours['map']:.4f}  mAP@.5 {ours['map50']:.4f}"
+          f"   ({ms['preprocess']:.1f} / {ms['inference']:.1f} / {ms['nms']:.1f} ms per image pre / infer / NMS)")
+    print(f"  ratio opencv / ours : {best['opencv'] / best['ours']:.2f}x  (> 1: test.py is faster)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
