@@ -106,6 +106,9 @@ def main() -> int:
     for _ in range(args.repeat):  # interleaved, so a busy machine slows both alike
         for name, cmd in (("opencv", cv_cmd), ("ours", ours_cmd)):
             best[name] = min(best[name], timed(cmd)[0])
+    imports = {name: min(timed([sys.executable, "-c", code])[0] for _ in range(args.repeat))
+               for name, code in (("opencv", "import cv2, numpy, pycocotools.coco"),
+                                  ("ours", "import yolo.cli.test, yolo.model, yolo.evaluate"))}
     ours = json.loads((tmp / "ours.json").read_text())
     ref = json.loads((tmp / "opencv.json").read_text())
     ms = ours["ms_per_image"]
@@ -114,6 +117,8 @@ def main() -> int:
     print(f"  test.py             : {best['ours']:6.2f} s   mAP {ours['map']:.4f}  mAP@.5 {ours['map50']:.4f}"
           f"   ({ms['preprocess']:.1f} / {ms['inference']:.1f} / {ms['nms']:.1f} ms per image pre / infer / NMS)")
     print(f"  ratio opencv / ours : {best['opencv'] / best['ours']:.2f}x  (> 1: test.py is faster)")
+    print(f"  of which interpreter + imports: opencv {imports['opencv']:.2f} s, ours {imports['ours']:.2f} s (torch); "
+          f"without them the ratio is {(best['opencv'] - imports['opencv']) / (best['ours'] - imports['ours']):.2f}x")
     return 0
 
 
