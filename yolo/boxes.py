@@ -97,7 +97,7 @@ def postprocess(pred: torch.Tensor, conf_thres: float = 0.25, nms_thres: float =
     """Eval-mode output (B, N, 5+C) -> per image ``ndarray[K, 6]``: x1, y1, x2, y2, score, class.
 
     Score = objectness x class probability; every class above ``conf_thres`` is a candidate
-    (Darknet's multi-label rule); per-class NMS by OpenCV, one call for the whole batch.
+    (Darknet's multi-label rule); per-class NMS by OpenCV, one call per image.
     Boxes are in network-input pixels.
     """
     b, _, attrib = pred.shape
@@ -115,15 +115,20 @@ def postprocess(pred: torch.Tensor, conf_thres: float = 0.25, nms_thres: float =
     xywh = pred[img_i, box_i, :4]
     cand = torch.cat((xywh2xyxy(xywh), scores[img_i, box_i, cls_i, None], cls_i[:, None].float()), 1)
     cand = cand.cpu().numpy()
-    img_np = img_i.cpu().numpy()
     rects = xywh.cpu().numpy().astype(np.float64)
     rects[:, :2] -= rects[:, 2:] / 2  # x, y, w, h as OpenCV's Rect2d
-    groups = img_np.astype(np.int64) * num_classes + cand[:, 5].astype(np.int64)
-    kept = np.asarray(cv2.dnn.NMSBoxesBatched(rects, cand[:, 4].astype(np.float32), groups.astype(np.int32),
-                                              conf_thres, nms_thres), dtype=np.int64).reshape(-1)
-    kept = kept[np.argsort(-cand[kept, 4], kind="stable")]
+    labels = cand[:, 5].astype(np.int32)
+    # candidates come image by image (nonzero is row-major); NMS costs candidates x kept,
+    # so one call per image is much cheaper than one call over the whole batch
+    bounds = np.searchsorted(img_i.cpu().numpy(), np.arange(b + 1))
     out = []
     for i in range(b):
-        rows = kept[img_np[kept] == i][:max_det]
-        out.append(cand[rows])
+        lo, hi = bounds[i], bounds[i + 1]
+        if lo == hi:
+            out.append(empty.copy())
+            continue
+        kept = np.asarray(cv2.dnn.NMSBoxesBatched(rects[lo:hi], cand[lo:hi, 4], labels[lo:hi],
+                                                  conf_thres, nms_thres), dtype=np.int64).reshape(-1)
+        kept = kept[np.argsort(-cand[lo + kept, 4], kind="stable")][:max_det]
+        out.append(cand[lo + kept])
     return out

@@ -245,10 +245,7 @@ def evaluate(model: torch.nn.Module, info: DatasetInfo, img_size: int | Sequence
             if cuda:
                 torch.cuda.synchronize(device)
             t2 = time.perf_counter()
-            # One postprocess call per image: the same result as one call for the batch, but
-            # OpenCV's NMS costs candidates x kept, and at conf 0.001 a 16-image batch holds
-            # ~15k candidates (measured 4.6x faster this way on coco128).
-            outs = [postprocess(pred[j:j + 1], conf_thres, nms_thres, max_det)[0] for j in range(len(pred))]
+            outs = postprocess(pred, conf_thres, nms_thres, max_det)
             for i, geom, out in zip(batch.indices, batch.geometries, outs):
                 done.append(i)
                 sizes[i] = geom.orig_hw
