@@ -323,7 +323,10 @@ def _train(args: argparse.Namespace, ckpt: dict[str, Any] | None, device: torch.
     if frozen:
         say(f"frozen: the first {frozen} sections ({len(freeze(model, frozen))} blocks)")
     if world > 1 and args.sync_bn:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        else:  # PyTorch's SyncBatchNorm needs CUDA modules
+            say("note: --sync-bn ignored on CPU (PyTorch's SyncBatchNorm works on CUDA only)")
     ema = ModelEMA(model, decay=args.ema_decay)
     optimizer = build_optimizer(model, hyp)
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
