@@ -175,7 +175,7 @@ def test_finetune_pretrained_on_coco128_improves(coco128, fastest_cfg, fastest_w
     out = tmp_path / "ft"
     assert run("--cfg", fastest_cfg, "--weights", fastest_weights, "--data",
                coco128 / "annotations" / "instances_val2017.json", "--images", coco128 / "val2017",
-               "--epochs", 1, "--batch", 16, "--batch-size", 16, "--lr", 1e-4, "--no-mosaic",
+               "--epochs", 2, "--batch", 16, "--batch-size", 16, "--lr", 1e-4, "--no-mosaic",
                "--output", out) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["best_map50"] > 0.329, summary

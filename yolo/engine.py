@@ -263,7 +263,8 @@ def train_one_epoch(model: nn.Module, loss_fn: Any, optimizer: torch.optim.Optim
                     state: TrainState, hyp: Hyp, device: torch.device, accumulate: int,
                     ema: ModelEMA | None = None, scaler: torch.amp.GradScaler | None = None,
                     multiscale: tuple[int, int, int, int] | None = None, total_steps: int | None = None,
-                    frozen: int = 0, rank: int = 0, progress: bool = True) -> dict[str, float]:
+                    frozen: int = 0, rank: int = 0, progress: bool = True,
+                    channels_last: bool = False) -> dict[str, float]:
     """Train ``loader`` once; optimiser step every ``accumulate`` minibatches (and at the end).
 
     ``multiscale`` is (lo, hi, stride, seed): the batch is resized to a size drawn every 10
@@ -291,11 +292,15 @@ def train_one_epoch(model: nn.Module, loss_fn: Any, optimizer: torch.optim.Optim
         last = n == n_batches - 1
         if batch["images"] is not None:
             imgs = batch["images"].to(device, non_blocking=True).float().div_(255.0)
+            if channels_last:
+                imgs = imgs.contiguous(memory_format=torch.channels_last)
             if multiscale is not None:
                 lo, hi, stride, seed = multiscale
                 size = multiscale_size(state.step, seed, lo, hi, stride)
                 if size != imgs.shape[-1] or size != imgs.shape[-2]:
                     imgs = F.interpolate(imgs, size=(size, size), mode="bilinear", align_corners=False)
+                    if channels_last:
+                        imgs = imgs.contiguous(memory_format=torch.channels_last)
             sync = micro + 1 >= accumulate or last
             ctx = model.no_sync() if (not sync and hasattr(model, "no_sync")) else _null()
             with ctx:

@@ -33,9 +33,10 @@ from .common import UserError, increment_dir, parse_device, user_errors
 #: defaults of the options that have one (None in the parser, so that explicit options are known)
 DEFAULTS: dict[str, Any] = {"seed": 0, "freeze": 0, "workers": min(4, os.cpu_count() or 1), "device": "cpu",
                             "sync_bn": False, "nesterov": False, "ema_decay": 0.9999, "eval_interval": 1,
-                            "progress": True, "project": "runs/train"}
+                            "progress": True, "project": "runs/train", "channels_last": True}
 #: options that may differ when resuming (they do not change what is computed)
-RESUME_MAY_CHANGE = {"resume", "epochs", "device", "workers", "progress", "max_steps", "eval_interval"}
+RESUME_MAY_CHANGE = {"resume", "epochs", "device", "workers", "progress", "max_steps", "eval_interval",
+                     "channels_last"}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -85,6 +86,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="all augmentation (default on); --no-augment trains on plain resized images")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, help="mixed precision (default: on CUDA)")
     g.add_argument("--ema-decay", type=float, help="EMA decay (default 0.9999, ramped up)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
+                   help="NHWC memory layout (default on: about 1.3x faster training on CPU)")
     p.add_argument("--eval-interval", type=int, help="evaluate every N epochs (and after the last), default 1")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, help="tqdm bars (default on)")
     return p
@@ -319,6 +322,8 @@ def _train(args: argparse.Namespace, ckpt: dict[str, Any] | None, device: torch.
 
     # --- model, optimiser, EMA ----------------------------------------------------------------------
     model.to(device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
     frozen = args.freeze or 0
     if frozen:
         say(f"frozen: the first {frozen} sections ({len(freeze(model, frozen))} blocks)")
@@ -374,7 +379,7 @@ def _train(args: argparse.Namespace, ckpt: dict[str, Any] | None, device: torch.
             logs = train_one_epoch(model, loss_fn, optimizer, loader, state, hyp, device, accumulate, ema=ema,
                                    scaler=scaler, frozen=frozen, rank=rank, progress=args.progress,
                                    multiscale=(*ms_range, model.max_stride, args.seed) if ms_range else None,
-                                   total_steps=total_steps)
+                                   total_steps=total_steps, channels_last=args.channels_last)
             last_epoch = state.epoch + 1 >= args.epochs or state.step >= total_steps
             metrics = {"map": float("nan"), "map50": float("nan")}
             if main_rank:
