@@ -2,42 +2,16 @@
 from __future__ import annotations
 
 import re
-import warnings
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from helpers import NET, build, randomize
 from yolo import ConfigError, Darknet
 from yolo.blocks.acnet import ACConv, ACUnit, add_asymmetric
 from yolo.blocks.conv import Convolutional
-
-NET = "[net]\nwidth={w}\nheight={w}\nchannels={c}\n\n"
-
-
-def build(tmp_path: Path, body: str, c: int = 4, w: int = 32, name: str = "t.cfg") -> Darknet:
-    path = tmp_path / name
-    path.write_text(NET.format(w=w, c=c) + body)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return Darknet(path, warn_unused=False)
-
-
-def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random conv weights and non-default BatchNorm statistics (so folding is really tested)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
-                m.running_mean.copy_((torch.rand(m.running_mean.shape, generator=g) - 0.5) * 0.4)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-            elif isinstance(m, nn.Conv2d) and m.bias is not None:
-                m.bias.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
-    return model
 
 
 def ac_section(filters: int = 6, size: int = 3, stride: int = 1, groups: int = 1,

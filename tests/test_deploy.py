@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
+from helpers import randomize
 from yolo import Darknet
 from yolo.blocks.acnet import ACConv, ACUnit
 from yolo.blocks.conv import Convolutional
@@ -18,21 +18,6 @@ from yolo.cfg import parse_cfg, parse_cfg_text
 from yolo.deploy import edit_cfg_text, main as deploy_main
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random conv weights scale and non-default BatchNorm statistics, so folding is really tested."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
-                m.running_mean.copy_((torch.rand(m.running_mean.shape, generator=g) - 0.5) * 0.4)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-            elif isinstance(m, nn.Conv2d) and m.bias is not None:
-                m.bias.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
-    return model
 
 
 def run(model: Darknet, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:

@@ -2,41 +2,16 @@
 from __future__ import annotations
 
 import re
-import warnings
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from helpers import NET, build, randomize
 from yolo import ConfigError, Darknet
 from yolo.blocks.acnet import ACUnit
 from yolo.blocks.resnet import Bottleneck
 from yolo.blocks.scnet import SCBottleneck
-
-NET = "[net]\nwidth={w}\nheight={w}\nchannels={c}\n\n"
-
-
-def build(tmp_path: Path, body: str, c: int, w: int = 32) -> Darknet:
-    path = tmp_path / "t.cfg"
-    path.write_text(NET.format(w=w, c=c) + body)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return Darknet(path, warn_unused=False)
-
-
-def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random, non-default BatchNorm affine parameters and statistics."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
-                m.running_mean.copy_((torch.rand(m.running_mean.shape, generator=g) - 0.5) * 0.4)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-    return model
 
 
 def cb(x: torch.Tensor, unit, stride: int = 1, padding=0) -> torch.Tensor:

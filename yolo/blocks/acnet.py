@@ -14,7 +14,7 @@ from torch import nn
 
 from ..cfg import Section
 from ..registry import Block, BuildContext, WeightUnit
-from .conv import ConvBN, Convolutional, fold_bn, make_activation
+from .conv import ConvBN, Convolutional, ConvSpec, fold_bn
 
 
 def add_asymmetric(square: torch.Tensor, hor: torch.Tensor, ver: torch.Tensor) -> torch.Tensor:
@@ -116,35 +116,23 @@ class ACConv(Block):
         self.unit = unit
 
     @classmethod
-    def from_section(cls, s: Section, ctx: BuildContext) -> "ACConv":
-        s.bool("asymmetric", True)  # mark as read
-        filters = s.int("filters", 1)
-        size = s.int("size", 1)
-        stride = s.int("stride", 1)
-        pad = s.bool("pad", False)
-        padding = s.int("padding", size // 2 if pad else 0)
-        groups = s.int("groups", 1)
-        dilation = s.int("dilation", 1)
-        bn = s.bool("batch_normalize", False)
-        act = make_activation(s)
-        if min(filters, size, stride, groups) < 1:
-            raise s.error("filters, size, stride and groups must be >= 1")
+    def from_spec(cls, s: Section, spec: ConvSpec, ctx: BuildContext) -> "ACConv":
+        """Checks what ACNet adds to a [convolutional]'s keys (read once in ``ConvSpec``)."""
+        size, padding = spec.size, spec.padding
         if size < 3 or size % 2 == 0:
             raise s.error(f"asymmetric=1 needs an odd kernel size >= 3 (1 x k and k x 1 branches "
                           f"centred on a k x k kernel), got size={size}", "asymmetric")
-        if not bn:
+        if not spec.bn:
             raise s.error("asymmetric=1 needs batch_normalize=1 (each branch is conv + BatchNorm)",
                           "asymmetric")
         if padding != size // 2:
             raise s.error(f"asymmetric=1 needs 'same' padding (pad=1 or padding={size // 2}), "
                           f"got padding={padding}", "asymmetric")
-        if dilation != 1:
-            raise s.error(f"asymmetric=1 does not support dilation, got dilation={dilation}",
+        if spec.dilation != 1:
+            raise s.error(f"asymmetric=1 does not support dilation, got dilation={spec.dilation}",
                           "asymmetric")
-        if ctx.c_in % groups or filters % groups:
-            raise s.error(f"groups={groups} must divide the input channels ({ctx.c_in}) "
-                          f"and filters ({filters})", "groups")
-        return cls(ACUnit(ctx.c_in, filters, size, stride, groups, act), ctx.stride_in * stride)
+        return cls(ACUnit(ctx.c_in, spec.filters, size, spec.stride, spec.groups, spec.act),
+                   ctx.stride_in * spec.stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.unit(x)

@@ -1,6 +1,7 @@
 """[convolutional], the conv+BatchNorm unit every block is made of, and activations."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
@@ -101,19 +102,21 @@ class ConvBN(nn.Module):
         self.conv, self.bn = fused, None
 
 
-@register("convolutional", "conv")
-class Convolutional(Block):
-    """A Darknet [convolutional] section."""
+@dataclass
+class ConvSpec:
+    """The keys of a [convolutional] section, typed and checked once (plain and ACNet alike)."""
 
-    def __init__(self, unit: ConvBN, stride: float) -> None:
-        super().__init__(unit.conv.out_channels, stride)
-        self.unit = unit
+    filters: int
+    size: int
+    stride: int
+    padding: int
+    groups: int
+    dilation: int
+    bn: bool
+    act: nn.Module
 
     @classmethod
-    def from_section(cls, s: Section, ctx: BuildContext) -> "Block":
-        if s.bool("asymmetric", False):  # ACNet block: three branches, see acnet.py
-            from .acnet import ACConv
-            return ACConv.from_section(s, ctx)
+    def from_section(cls, s: Section, ctx: BuildContext) -> "ConvSpec":
         filters = s.int("filters", 1)
         size = s.int("size", 1)
         stride = s.int("stride", 1)
@@ -125,8 +128,8 @@ class Convolutional(Block):
         act = make_activation(s)
         s.unsupported("stride_x", str(stride))
         s.unsupported("stride_y", str(stride))
-        for key in ("binary", "xnor", "antialiasing", "deform", "share_index"):
-            s.unsupported(key, "0" if key != "share_index" else "-1000000000")
+        for key in ("binary", "xnor", "antialiasing", "deform"):
+            s.unsupported(key, "0")
         if min(filters, size, stride, groups, dilation) < 1:
             raise s.error("filters, size, stride, groups and dilation must be >= 1")
         if ctx.c_in % groups or filters % groups:
@@ -134,8 +137,26 @@ class Convolutional(Block):
                           f"and filters ({filters})", "groups")
         if size == 1:
             dilation = 1  # as Darknet
-        unit = ConvBN(ctx.c_in, filters, size, stride, padding * dilation, groups, dilation, bn, act)
-        return cls(unit, ctx.stride_in * stride)
+        return cls(filters, size, stride, padding, groups, dilation, bn, act)
+
+
+@register("convolutional", "conv")
+class Convolutional(Block):
+    """A Darknet [convolutional] section."""
+
+    def __init__(self, unit: ConvBN, stride: float) -> None:
+        super().__init__(unit.conv.out_channels, stride)
+        self.unit = unit
+
+    @classmethod
+    def from_section(cls, s: Section, ctx: BuildContext) -> "Block":
+        spec = ConvSpec.from_section(s, ctx)
+        if s.bool("asymmetric", False):  # ACNet block: three branches, see acnet.py
+            from .acnet import ACConv
+            return ACConv.from_spec(s, spec, ctx)
+        unit = ConvBN(ctx.c_in, spec.filters, spec.size, spec.stride, spec.padding * spec.dilation,
+                      spec.groups, spec.dilation, spec.bn, spec.act)
+        return cls(unit, ctx.stride_in * spec.stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.unit(x)
