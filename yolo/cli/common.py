@@ -16,7 +16,7 @@ from typing import Callable, NoReturn, Sequence
 
 import torch
 
-from ..cfg import ConfigError
+from ..cfg import REPO_ROOT, ConfigError
 from ..checkpoint import CheckpointError
 from ..weights import WeightsError
 
@@ -30,6 +30,9 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     UserError, ConfigError, WeightsError, CheckpointError, FileNotFoundError, PermissionError,
     IsADirectoryError, NotADirectoryError, FileExistsError,
 )
+
+DEFAULT_CFG = REPO_ROOT / "cfg" / "yolo-fastest-1.1.cfg"  # the shipped COCO model
+DEFAULT_WEIGHTS = REPO_ROOT / "weights" / "yolo-fastest-1.1.weights"
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -114,3 +117,10 @@ def user_errors(*extra: type[BaseException]) -> Callable:
         return wrapper
 
     return decorate
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """--cfg and --weights, defaulting to the shipped model (detect and test)."""
+    p.add_argument("--cfg", default=str(DEFAULT_CFG), help="Darknet cfg (path, or a name in cfg/)")
+    p.add_argument("--weights", default=str(DEFAULT_WEIGHTS),
+                   help="Darknet .weights or a .pt checkpoint (path, or a name in weights/)")

@@ -12,19 +12,15 @@ from typing import Sequence
 
 from ..cfg import REPO_ROOT
 from ..detect import Detector, DetectError, Summary, detect_source, resolve_source
-from .common import ArgumentParser, UserError, increment_dir, parse_device, user_errors
+from .common import ArgumentParser, add_model_args, UserError, increment_dir, parse_device, user_errors
 
-DEFAULT_CFG = REPO_ROOT / "cfg" / "yolo-fastest-1.1.cfg"
-DEFAULT_WEIGHTS = REPO_ROOT / "weights" / "yolo-fastest-1.1.weights"
 DEFAULT_SOURCE = REPO_ROOT / "data" / "samples"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--cfg", default=str(DEFAULT_CFG), help="Darknet cfg (path, or a name in cfg/)")
-    p.add_argument("--weights", default=str(DEFAULT_WEIGHTS),
-                   help="Darknet .weights or a .pt checkpoint (path, or a name in weights/)")
+    add_model_args(p)
     p.add_argument("--names", default=None,
                    help="class names, one per line (default: the checkpoint's, else data/coco.names "
                         "for an 80-class model, else class numbers)")

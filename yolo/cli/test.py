@@ -13,19 +13,14 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..cfg import REPO_ROOT
-from .common import ArgumentParser, UserError, parse_device, user_errors
+from .common import ArgumentParser, add_model_args, UserError, parse_device, user_errors
 
-DEFAULT_CFG = REPO_ROOT / "cfg" / "yolo-fastest-1.1.cfg"
-DEFAULT_WEIGHTS = REPO_ROOT / "weights" / "yolo-fastest-1.1.weights"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description=__doc__.split("\n\n")[0],
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--cfg", default=str(DEFAULT_CFG), help="Darknet cfg (path, or a name in cfg/)")
-    p.add_argument("--weights", default=str(DEFAULT_WEIGHTS),
-                   help="Darknet .weights or a .pt checkpoint (path, or a name in weights/)")
+    add_model_args(p)
     p.add_argument("--data", required=True,
                    help="Darknet .data file, COCO instances .json, or an image list .txt")
     p.add_argument("--images", default=None,
