@@ -155,7 +155,7 @@ def _load_data(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def _hyp_table(rows: list[tuple[str, Any, str]]) -> str:
-    return "\n".join(f"  {k:<16}{v!s:<28}{src}" for k, v, src in rows)
+    return "\n".join(f"  {k:<16}{v!s:<28} {src}".rstrip() for k, v, src in rows)
 
 
 @user_errors
