@@ -168,6 +168,13 @@ def test_res2net_cfgs_train_end_to_end(cfg, coco_small, tmp_path, capsys):
     capsys.readouterr()
     assert test_cli.main(["--cfg", cfg, "--weights", str(out / "last.pt"), "--data", str(coco_small),
                           "--img-size", "128", "--workers", "0", "--no-progress"]) == 0
+    from yolo.cli import detect as detect_cli
+
+    image = next(p for p in (coco_small.parent / "images").iterdir())
+    assert detect_cli.main(["--cfg", cfg, "--weights", str(out / "last.pt"), "--source", str(image),
+                            "--img-size", "128", "--output", str(tmp_path / "det"), "--save-json",
+                            "--no-progress", "--quiet"]) == 0
+    assert isinstance(json.loads((tmp_path / "det" / "detections.json").read_text()), list)
 
 
 def test_finetune_pretrained_on_coco128_improves(coco128, fastest_cfg, fastest_weights, tmp_path):
