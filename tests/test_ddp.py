@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +27,16 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
            str(ROOT / "train.py"), "--cfg", str(TINY), "--data", str(data), "--epochs", "2", "--batch", "8",
            "--batch-size", "2", "--workers", "0", "--output", str(out), "--no-progress", "--sync-bn"]
-    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    # own process group: on a hang, the timeout kills torchrun's workers too, not just torchrun
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        raise AssertionError("torchrun did not finish in 300 s:\n" + stdout[-2000:] + stderr[-3000:])
+    r = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     # rank 0 alone prints the summary and writes the files
     assert r.stdout.count("hyper-parameters in use") == 1
