@@ -109,9 +109,6 @@ class Section:
             warnings.warn(f"{self.where(key)}: unused field (no block reads it)",
                           UnusedKeyWarning, stacklevel=3)
 
-    def to_text(self) -> str:
-        lines = [f"[{self.type}]"] + [f"{k}={v}" for k, v in self.options.items()]
-        return "\n".join(lines) + "\n"
 
 
 def _split(text: str) -> list[str]:
@@ -190,6 +187,3 @@ def parse_cfg(path: str | Path) -> list[Section]:
     path = resolve_cfg(path)
     return parse_cfg_text(path.read_text(), str(path))
 
-
-def sections_to_text(sections: Sequence[Section]) -> str:
-    return "\n".join(s.to_text() for s in sections)

@@ -9,7 +9,7 @@ from torch import nn
 
 from . import blocks  # noqa: F401  (registers every section type)
 from . import weights as weights_io
-from .cfg import ConfigError, Section, parse_cfg, resolve_cfg, sections_to_text
+from .cfg import ConfigError, Section, parse_cfg, resolve_cfg
 from .netconfig import NetConfig
 from .registry import Block, BuildContext, build_block
 
@@ -141,9 +141,6 @@ class Darknet(nn.Module):
         """ACNet branches -> one plain convolution each, in place; cfg_text follows (yolo/deploy.py)."""
         from .deploy import deploy_model
         return deploy_model(self)
-
-    def cfg_sections_text(self) -> str:
-        return sections_to_text([self.net.section] + self.sections)
 
 
 class FrozenDarknet(nn.Module):
