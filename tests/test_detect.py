@@ -16,7 +16,7 @@ from yolo import Detector
 from yolo.boxes import box_iou
 from yolo.cli.detect import main
 from yolo.detect import DetectError, detect_source, has_gui, resolve_source
-from yolo.draw import PALETTE, class_colour, draw_detections, text_colour
+from yolo.plots import PALETTE, class_colour, draw_detections, text_colour
 
 # Darknet (AlexeyAB, CPU) `detector test` on dog.jpg with yolo-fastest-1.1: ../shared/README.md
 DARKNET_DOG = {  # class id: (score, left, top, width, height)

@@ -149,11 +149,16 @@ def resolve_cfg(name: str | Path) -> Path:
     return resolve_path(name, CFG_DIR, "cfg file")
 
 
+def strip_comment(line: str) -> str:
+    """A cfg line without its ``#`` or ``;`` comment and surrounding space, as the parser reads it."""
+    return line.split("#", 1)[0].split(";", 1)[0].strip()
+
+
 def parse_cfg_text(text: str, file: str = "<string>") -> list[Section]:
     """Sections in file order; the first must be ``[net]`` or ``[network]``."""
     sections: list[Section] = []
     for lineno, raw in enumerate(text.splitlines(), start=1):
-        line = raw.split("#", 1)[0].split(";", 1)[0].strip()
+        line = strip_comment(raw)
         if not line:
             continue
         if line.startswith("["):

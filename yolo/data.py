@@ -32,8 +32,7 @@ import numpy as np
 import torch
 
 from .boxes import Geometry, fit_image, to_tensor
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+from .io import InputFileError, imread, is_image, list_entries, read_names, resolve_listed
 
 # COCO's 80 category ids in ascending order: class index i of coco.names <-> COCO_IDS[i].
 COCO_IDS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25,
@@ -110,23 +109,9 @@ class DatasetInfo:
 # ---------------------------------------------------------------------------------------------
 # images
 # ---------------------------------------------------------------------------------------------
-def _imread(path: str | Path) -> tuple[np.ndarray | None, str]:
-    """BGR uint8 image, or None and the reason (no OpenCV chatter on stderr, unicode-safe)."""
-    try:
-        buf = np.fromfile(str(path), dtype=np.uint8)
-    except OSError as e:
-        return None, f"cannot open ({e.strerror or e})"
-    if buf.size == 0:
-        return None, "empty file"
-    img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-    if img is None:
-        return None, "not a readable image"
-    return img, ""
-
-
 def read_image(path: str | Path) -> np.ndarray | None:
     """BGR uint8 image; None with a :class:`DataWarning` naming the file when unreadable."""
-    img, reason = _imread(path)
+    img, reason = imread(path)
     if img is None:
         warnings.warn(f"{path}: {reason}; skipped", DataWarning, stacklevel=2)
     return img
@@ -135,11 +120,6 @@ def read_image(path: str | Path) -> np.ndarray | None:
 # ---------------------------------------------------------------------------------------------
 # names, .data files, list files, label files
 # ---------------------------------------------------------------------------------------------
-def read_names(path: str | Path) -> list[str]:
-    """One class name per line; blank lines ignored."""
-    return [s.strip() for s in Path(path).read_text().splitlines() if s.strip()]
-
-
 def category_ids_for(names: Sequence[str]) -> list[int]:
     """COCO's ids when the names are COCO's 80 classes (results then match official json), else 1..N."""
     try:
@@ -169,17 +149,6 @@ def parse_data_file(path: str | Path) -> tuple[dict[str, str], dict[str, int]]:
         options[key] = value
         lines[key] = lineno
     return options, lines
-
-
-def _resolve(value: str | Path, base: Path) -> Path:
-    """Relative to ``base`` first, then to the current directory (see the module docstring)."""
-    p = Path(value).expanduser()
-    if p.is_absolute():
-        return p
-    candidate = base / p
-    if candidate.exists() or not p.exists():
-        return candidate
-    return p
 
 
 def label_path_for(image: Path) -> Path:
@@ -233,20 +202,18 @@ def parse_label_file(path: Path, num_classes: int, problems: Problems) -> np.nda
 def _read_list(list_path: Path, where: str, num_classes: int, problems: Problems) -> list[ImageRecord]:
     """A text file of image paths (or a folder of images) -> records with their YOLO labels."""
     if list_path.is_dir():
-        entries = [(str(p), 0) for p in sorted(list_path.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+        entries = [(0, str(p)) for p in sorted(list_path.iterdir()) if is_image(p)]
         base = list_path
     else:
         try:
-            text = list_path.read_text()
+            entries = list(list_entries(list_path))
         except OSError as e:
             raise DataError(f"{where}: cannot read image list '{list_path}': {e.strerror or e}") from None
-        entries = [(s.strip(), n) for n, s in enumerate(text.splitlines(), start=1) if s.strip()
-                   and not s.strip().startswith("#")]
         base = list_path.parent
     records: list[ImageRecord] = []
     missing_labels: list[Path] = []
-    for entry, lineno in entries:
-        image = _resolve(entry, base)
+    for lineno, entry in entries:
+        image = resolve_listed(entry, base)
         if not image.is_file():
             problems.add("missing image", f"{list_path}:{lineno}: image not found: '{entry}'; skipped")
             continue
@@ -363,14 +330,14 @@ def load_dataset(data: str | Path, images: str | Path | None = None, split: str 
     if split not in options:
         raise DataError(f"{data}: no '{split}' key (expected '{split} = path/to/list.txt' or a COCO json)")
     where = f"{data}:{lines[split]}: key '{split}'"
-    target = _resolve(options[split], base)
+    target = resolve_listed(options[split], base)
     if not target.exists():
         raise DataError(f"{where}: '{options[split]}' not found (looked in {base} and the current directory)")
     if target.suffix == ".json":
         img_key = f"{split}_images"
         img_dir = images
         if img_dir is None and img_key in options:
-            img_dir = _resolve(options[img_key], base)
+            img_dir = resolve_listed(options[img_key], base)
         info = load_coco(target, img_dir)
         if "classes" in options and _int_option(options, lines, "classes", data) != info.num_classes:
             raise DataError(f"{data}:{lines['classes']}: classes={options['classes']} but {target} has "
@@ -378,11 +345,13 @@ def load_dataset(data: str | Path, images: str | Path | None = None, split: str 
         return info
 
     if "names" in options:
-        names_path = _resolve(options["names"], base)
+        names_path = resolve_listed(options["names"], base)
         try:
             file_names = read_names(names_path)
         except OSError:
             raise DataError(f"{data}:{lines['names']}: key 'names': file not found: '{options['names']}'") from None
+        except InputFileError as e:
+            raise DataError(f"{data}:{lines['names']}: key 'names': {e}") from None
         names = names or file_names
     if "classes" in options:
         n = _int_option(options, lines, "classes", data)
@@ -423,7 +392,7 @@ class EvalDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[np.ndarray | None, int, Geometry | str, float]:
         t0 = time.perf_counter()
-        img, reason = _imread(self.records[i].path)
+        img, reason = imread(self.records[i].path)
         if img is None:
             return None, i, reason, time.perf_counter() - t0
         img, geom = fit_image(img, self.size_hw, self.letter_box)

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from .cfg import ConfigError, parse_cfg_text
+from .cfg import ConfigError, parse_cfg_text, strip_comment
 
 if TYPE_CHECKING:
     from .model import Darknet
@@ -24,14 +24,9 @@ if TYPE_CHECKING:
 KeyEdits = dict[str, "str | None"]
 
 
-def _strip(line: str) -> str:
-    """A cfg line without its comment, as the parser reads it."""
-    return line.split("#", 1)[0].split(";", 1)[0].strip()
-
-
 def _line_key(line: str) -> str | None:
     """The key of a ``key=value`` cfg line, else None."""
-    body = _strip(line)
+    body = strip_comment(line)
     if not body or body.startswith("[") or "=" not in body:
         return None
     return body.split("=", 1)[0].strip()
@@ -45,7 +40,7 @@ def edit_cfg_text(text: str, edits: dict[int, KeyEdits]) -> str:
     a key set but absent is inserted just after the header.
     """
     lines = text.splitlines()
-    headers = [i for i, line in enumerate(lines, 1) if _strip(line).startswith("[")]
+    headers = [i for i, line in enumerate(lines, 1) if strip_comment(line).startswith("[")]
     ends = {h: (headers[k + 1] if k + 1 < len(headers) else len(lines) + 1) for k, h in enumerate(headers)}
     out: list[str] = []
     section_edits: KeyEdits = {}

@@ -26,17 +26,14 @@ from tqdm import tqdm
 from .boxes import Geometry, fit_image, postprocess, to_tensor, xyxy2xywh
 from .cfg import REPO_ROOT, resolve_path
 from .checkpoint import load_weights
-from .draw import draw_detections
+from .io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, imread, is_image, read_image_list, read_names
+from .plots import draw_detections
 from .model import Darknet
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 
-IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pbm", ".pgm",
-                        ".ppm", ".pxm", ".pnm", ".sr", ".ras", ".exr", ".hdr", ".pic"})
-VIDEO_EXTS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".wmv", ".webm", ".flv",
-                        ".ts", ".asf", ".3gp", ".gif"})
 STREAM_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://")
 DATA_DIR = REPO_ROOT / "data"
 MAX_BAD_FRAMES_IN_A_ROW = 30  # after this many consecutive read failures a stream is over
@@ -50,15 +47,8 @@ class DetectError(ValueError):
 # The API
 # --------------------------------------------------------------------------------------------
 def load_names(path: str | Path) -> list[str]:
-    """One class name per non-empty line (Darknet's ``.names`` files)."""
-    path = resolve_path(path, DATA_DIR, "names file")
-    try:
-        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    except UnicodeDecodeError:
-        raise DetectError(f"{path}: not a text file of class names (one per line)") from None
-    if not names:
-        raise DetectError(f"{path}: no class names in it (expected one name per line)")
-    return names
+    """A names file given by path or by its name in ``data/``."""
+    return read_names(resolve_path(path, DATA_DIR, "names file"))
 
 
 def _size_hw(img_size: int | Sequence[int] | None, default: tuple[int, int], stride: int) -> tuple[int, int]:
@@ -213,10 +203,6 @@ class Source:
     target: str | int = ""
 
 
-def _is_image(p: Path) -> bool:
-    return p.suffix.lower() in IMAGE_EXTS
-
-
 def resolve_source(spec: str | Path | int) -> Source:
     """An image, folder, glob, ``.txt`` list of images, video file, stream URL or webcam index."""
     text = str(spec).strip()
@@ -226,43 +212,27 @@ def resolve_source(spec: str | Path | int) -> Source:
         return Source("video", text, target=text)
     path = Path(text)
     if path.is_dir():
-        paths = sorted(p for p in path.iterdir() if p.is_file() and _is_image(p))
+        paths = sorted(p for p in path.iterdir() if p.is_file() and is_image(p))
         if not paths:
-            raise DetectError(f"{path}: no images in this folder (looked for {', '.join(sorted(IMAGE_EXTS)[:6])} ...)")
+            raise DetectError(f"{path}: no images in this folder (looked for {', '.join(sorted(IMAGE_SUFFIXES)[:6])} ...)")
         return Source("images", text, paths=paths)
     if path.is_file():
         ext = path.suffix.lower()
-        if ext in VIDEO_EXTS:
+        if ext in VIDEO_SUFFIXES:
             return Source("video", text, target=text)
         if ext == ".txt":
-            return Source("images", text, paths=_read_list(path))
-        if ext in IMAGE_EXTS:
+            return Source("images", text, paths=read_image_list(path))
+        if ext in IMAGE_SUFFIXES:
             return Source("images", text, paths=[path])
         raise DetectError(f"{path}: unknown source type '{ext}' (expected an image, a video, a folder, "
                           "a glob, a .txt list of images or a webcam index)")
     if glob.has_magic(text):
-        paths = sorted(Path(p) for p in glob.glob(text, recursive=True) if _is_image(Path(p)))
+        paths = sorted(Path(p) for p in glob.glob(text, recursive=True) if is_image(Path(p)))
         if not paths:
             raise DetectError(f"'{text}': the pattern matches no images")
         return Source("images", text, paths=paths)
     raise DetectError(f"source not found: '{text}' (expected an image, a video, a folder, a glob, "
                       "a .txt list of images or a webcam index)")
-
-
-def _read_list(path: Path) -> list[Path]:
-    """Darknet image lists: one path per line, relative to the working folder or to the list."""
-    out = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        p = Path(line)
-        if not p.is_absolute() and not p.exists() and (path.parent / p).exists():
-            p = path.parent / p
-        out.append(p)
-    if not out:
-        raise DetectError(f"{path}: the list names no images (expected one image path per line)")
-    return out
 
 
 def has_gui() -> bool:
@@ -359,7 +329,7 @@ class _Writer:
 
 def _load_and_prepare(detector: Detector, path: Path) -> tuple[np.ndarray | None, np.ndarray | None,
                                                                 Geometry | None]:
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    img, _ = imread(path)
     if img is None:
         return None, None, None
     prepared, geometry = detector.prepare(img)

@@ -376,34 +376,6 @@ def read_results(path: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(f)]
 
 
-def plot_results(csv_path: Path, png_path: Path) -> None:
-    """Loss and mAP curves per epoch (matplotlib, Agg backend)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = read_results(csv_path)
-    if not rows:
-        return
-    ep = [r["epoch"] for r in rows]
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.5))
-    for ax, key in zip(axes, ("box", "obj", "cls")):
-        ax.plot(ep, [r.get(key, float("nan")) for r in rows], marker="o")
-        ax.set_title(f"{key} loss")
-        ax.set_xlabel("epoch")
-    for key in ("map50", "map"):
-        axes[3].plot(ep, [r.get(key, float("nan")) for r in rows], marker="o", label=key)
-    axes[3].set_title("validation mAP")
-    axes[3].set_xlabel("epoch")
-    axes[3].legend()
-    fig.tight_layout()
-    tmp = png_path.with_name(f".{png_path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, png_path)
-
-
 # ---------------------------------------------------------------------------------------------
 # checkpoint state
 # ---------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from .boxes import postprocess
+from .plots import plot_pr_curves
 from .data import DataWarning, DatasetInfo, EvalDataset, ImageRecord, Problems, collate_eval, worker_init
 
 STAT_NAMES = [
@@ -125,46 +126,6 @@ def per_class_ap(ev: Any, info: DatasetInfo, gt: dict[str, Any]) -> dict[str, di
                      "ap50": float(p50[p50 > -1].mean()) if (p50 > -1).any() else -1.0,
                      "gt": gt_count[cid]}
     return out
-
-
-def plot_pr_curves(ev: Any, info: DatasetInfo, out_dir: str | Path) -> list[Path]:
-    """PNG precision-recall curves from COCOeval's precision array: every class with ground truth
-    (thin) and their mean (bold), at IoU 0.5 and averaged over IoU 0.5:0.95."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    precision = ev.eval["precision"][:, :, :, 0, -1]  # [T, R, K]
-    recall = np.asarray(ev.params.recThrs)
-    names = {c: n for c, n in zip(info.category_ids, info.names)}
-    has_gt = [k for k in range(precision.shape[2]) if (precision[:, :, k] > -1).any()]
-    paths = []
-    for tag, title, curves in (("50", "IoU 0.5", precision[0]),
-                               ("50_95", "IoU 0.5:0.95 (mean over thresholds)", precision.mean(0))):
-        fig, ax = plt.subplots(figsize=(8, 6), dpi=100)
-        for k in has_gt:
-            ax.plot(recall, curves[:, k], lw=0.6, alpha=0.35, color="tab:gray")
-        if has_gt:
-            mean = curves[:, has_gt].mean(1)
-            ap = float(precision[0 if tag == "50" else slice(None)][..., has_gt].mean())
-            ax.plot(recall, mean, lw=2.5, color="tab:blue", label=f"mean of {len(has_gt)} classes (AP {ap:.3f})")
-            best = sorted(has_gt, key=lambda k: -curves[:, k].mean())[:5]
-            for k in best:
-                ax.plot(recall, curves[:, k], lw=1.2, label=f"{names.get(ev.params.catIds[k], k)} "
-                                                           f"({curves[:, k].mean():.3f})")
-        ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.01),
-               title=f"Precision-recall, {title}")
-        ax.grid(alpha=0.3)
-        ax.legend(loc="upper right", fontsize=8)
-        path = out / f"pr_curve_{tag}.png"
-        fig.tight_layout()
-        fig.savefig(path)
-        plt.close(fig)
-        paths.append(path)
-    return paths
 
 
 # ---------------------------------------------------------------------------------------------

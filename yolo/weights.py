@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 import torch
 
+from .io import atomic_write
+
 if TYPE_CHECKING:
     from .model import Darknet
 
@@ -123,12 +125,7 @@ def save(model: "Darknet", path: str | Path, cutoff: int | None = None, seen: in
     """Write header 0.2.5 + int64 ``seen`` + the stream, atomically."""
     parts = [t.detach().to("cpu", torch.float32).reshape(-1).numpy() for _, t in stream(model, cutoff)]
     body = np.concatenate(parts) if parts else np.zeros(0, np.float32)
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_write(path) as f:
         np.array(HEADER_VERSION, np.int32).tofile(f)
         np.array([seen], np.int64).tofile(f)
         body.astype("<f4").tofile(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -18,6 +18,7 @@ import torch
 
 from ..cfg import REPO_ROOT, ConfigError
 from ..checkpoint import CheckpointError
+from ..io import InputFileError
 from ..weights import WeightsError
 
 
@@ -27,7 +28,7 @@ class UserError(Exception):
 
 #: Exceptions that describe the user's input rather than a bug; extended by tools that need more.
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    UserError, ConfigError, WeightsError, CheckpointError, FileNotFoundError, PermissionError,
+    UserError, ConfigError, WeightsError, CheckpointError, InputFileError, FileNotFoundError, PermissionError,
     IsADirectoryError, NotADirectoryError, FileExistsError,
 )
 

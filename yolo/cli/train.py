@@ -26,8 +26,9 @@ from ..augment import AugmentConfig, TrainDataset, collate
 from ..checkpoint import CheckpointError, check_same_cfg, load_checkpoint, load_weights, save_checkpoint
 from ..engine import (SUPPORTED_POLICIES, Hyp, ModelEMA, SkipSampler, TrainState, append_results, barrier,
                       build_optimizer, cleanup_distributed, freeze, init_head_biases, init_distributed, multiscale_range,
-                      plot_results, set_rng_state, train_one_epoch, training_state, unwrap)
+                      read_results, set_rng_state, train_one_epoch, training_state, unwrap)
 from ..model import Darknet
+from ..plots import plot_results
 from .common import UserError, increment_dir, parse_device, user_errors
 
 #: defaults of the options that have one (None in the parser, so that explicit options are known)
@@ -401,7 +402,7 @@ def _train(args: argparse.Namespace, ckpt: dict[str, Any] | None, device: torch.
                 row = {"epoch": state.epoch + 1, "step": state.step, **logs, "map": metrics["map"],
                        "map50": metrics["map50"], "time_s": time.time() - t0}
                 append_results(csv_path, row)
-                plot_results(csv_path, png_path)
+                plot_results(read_results(csv_path), png_path)
                 say(f"epoch {state.epoch + 1}/{args.epochs}: loss {logs['total']:.3f} (box {logs['box']:.3f} "
                     f"obj {logs['obj']:.3f} cls {logs['cls']:.3f}) lr {logs['lr']:.3g} mAP@.5 "
                     f"{metrics['map50']:.4f} mAP {metrics['map']:.4f}  data wait {100 * logs['data_wait']:.0f}%"
