@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .boxes import LETTERBOX_FILL, fit_image
+from .boxes import LETTERBOX_FILL, box_convert, denormalize_boxes, fit_image, normalize_boxes, placement
 
 MIN_BOX_PX = 2.0
 
@@ -82,12 +82,9 @@ def random_place(img: np.ndarray, boxes: np.ndarray, out_wh: tuple[int, int], cf
     left, right = rng.uniform(-dw, dw), rng.uniform(-dw, dw)
     top, bottom = rng.uniform(-dh, dh), rng.uniform(-dh, dh)
     crop_w, crop_h = max(w0 - left - right, 1.0), max(h0 - top - bottom, 1.0)
-    sx, sy = out_w / crop_w, out_h / crop_h
-    tx, ty = -left * sx, -top * sy
-    if cfg.letter_box:  # keep the aspect ratio of the crop, centre it
-        s = min(sx, sy)
-        tx, ty = (out_w - crop_w * s) / 2 - left * s, (out_h - crop_h * s) / 2 - top * s
-        sx = sy = s
+    nw, nh, px, py = placement((crop_w, crop_h), (out_w, out_h), cfg.letter_box)  # inference's rule
+    sx, sy = nw / crop_w, nh / crop_h
+    tx, ty = px - left * sx, py - top * sy
     m = np.array([[sx, 0, tx], [0, sy, ty]], dtype=np.float64)
     if cfg.angle:
         a = rng.uniform(-cfg.angle, cfg.angle)
@@ -160,10 +157,7 @@ class TrainDataset(Dataset):
         if crowd is not None and len(crowd) == len(labels):
             labels = labels[~np.asarray(crowd, bool)]
         boxes = np.empty((len(labels), 5), np.float32)  # x1 y1 x2 y2 class, original pixels
-        boxes[:, 0] = (labels[:, 1] - labels[:, 3] / 2) * w0
-        boxes[:, 1] = (labels[:, 2] - labels[:, 4] / 2) * h0
-        boxes[:, 2] = (labels[:, 1] + labels[:, 3] / 2) * w0
-        boxes[:, 3] = (labels[:, 2] + labels[:, 4] / 2) * h0
+        boxes[:, :4] = denormalize_boxes(box_convert(labels[:, 1:5], "cxcywh", "xyxy"), w0, h0)
         boxes[:, 4] = labels[:, 0]
         return img, boxes
 
@@ -223,10 +217,7 @@ def collate(batch: list[tuple[np.ndarray | None, np.ndarray, str]]) -> dict[str,
         t = np.zeros((len(boxes), 6), np.float32)
         t[:, 0] = i
         t[:, 1] = boxes[:, 0]
-        t[:, 2] = (boxes[:, 1] + boxes[:, 3]) / 2 / w
-        t[:, 3] = (boxes[:, 2] + boxes[:, 4]) / 2 / h
-        t[:, 4] = (boxes[:, 3] - boxes[:, 1]) / w
-        t[:, 5] = (boxes[:, 4] - boxes[:, 2]) / h
+        t[:, 2:6] = normalize_boxes(box_convert(boxes[:, 1:5], "xyxy", "cxcywh"), w, h)
         rows.append(t)
     return {"images": torch.from_numpy(np.ascontiguousarray(images)),
             "targets": torch.from_numpy(np.concatenate(rows)),

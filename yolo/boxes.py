@@ -1,16 +1,18 @@
 """Pixel geometry and post-processing shared by detect, test and train.
 
-Boxes are ``Tensor[N, 4]`` / ``ndarray[N, 4]`` as x1, y1, x2, y2 unless a name says xywh
-(centre x, centre y, width, height).
+Boxes are ``Tensor[N, 4]`` / ``ndarray[N, 4]`` as x1, y1, x2, y2 unless a name or argument says
+otherwise; :func:`box_convert` is the one conversion between xyxy, xywh (COCO) and cxcywh (YOLO).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, TypeVar
 
 import cv2
 import numpy as np
 import torch
 
+Array = TypeVar("Array", torch.Tensor, np.ndarray)
 LETTERBOX_FILL = 127  # Darknet pads with 0.5 grey
 
 
@@ -27,10 +29,7 @@ class Geometry:
         out = boxes.astype(np.float32, copy=True)
         out[:, [0, 2]] = (out[:, [0, 2]] - self.pad_xy[0]) / self.scale_xy[0]
         out[:, [1, 3]] = (out[:, [1, 3]] - self.pad_xy[1]) / self.scale_xy[1]
-        h, w = self.orig_hw
-        out[:, [0, 2]] = out[:, [0, 2]].clip(0, w)
-        out[:, [1, 3]] = out[:, [1, 3]].clip(0, h)
-        return out
+        return clip_boxes(out, self.orig_hw[1], self.orig_hw[0])
 
     def to_input(self, boxes: np.ndarray) -> np.ndarray:
         """Original-image x1y1x2y2 -> network-input pixels (the inverse of to_original)."""
@@ -40,19 +39,30 @@ class Geometry:
         return out
 
 
+def placement(src_wh: tuple[float, float], dst_wh: tuple[int, int], letter_box: bool
+              ) -> tuple[int, int, int, int]:
+    """Where a ``src_wh`` picture lands in a ``dst_wh`` input: (width, height, left, top) in
+    input pixels. Plain resize fills the input (Darknet's default); letterbox keeps the aspect
+    ratio and centres the picture on whole pixels. Inference and augmentation both use this rule."""
+    w, h = dst_wh
+    if not letter_box:
+        return w, h, 0, 0
+    r = min(h / src_wh[1], w / src_wh[0])
+    nw, nh = max(1, round(src_wh[0] * r)), max(1, round(src_wh[1] * r))
+    return nw, nh, (w - nw) // 2, (h - nh) // 2
+
+
 def fit_image(img: np.ndarray, size_hw: tuple[int, int], letter_box: bool) -> tuple[np.ndarray, Geometry]:
-    """Resize to the network input: plain resize (Darknet's default) or aspect-keeping letterbox."""
+    """Resize to the network input by :func:`placement`'s rule."""
     h0, w0 = img.shape[:2]
     h, w = size_hw
-    if not letter_box:
-        out = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR) if (h0, w0) != (h, w) else img
-        return out, Geometry((h0, w0), (w / w0, h / h0), (0.0, 0.0))
-    r = min(h / h0, w / w0)
-    nw, nh = max(1, round(w0 * r)), max(1, round(h0 * r))
+    nw, nh, left, top = placement((w0, h0), (w, h), letter_box)
     resized = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR) if (nh, nw) != (h0, w0) else img
-    left, top = (w - nw) // 2, (h - nh) // 2
-    out = np.full((h, w) + img.shape[2:], LETTERBOX_FILL, dtype=img.dtype)
-    out[top:top + nh, left:left + nw] = resized
+    if (nw, nh) == (w, h):
+        out = resized
+    else:
+        out = np.full((h, w) + img.shape[2:], LETTERBOX_FILL, dtype=img.dtype)
+        out[top:top + nh, left:left + nw] = resized
     return out, Geometry((h0, w0), (nw / w0, nh / h0), (float(left), float(top)))
 
 
@@ -64,22 +74,56 @@ def to_tensor(images: list[np.ndarray], bgr: bool = True) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2))).float().div_(255.0)
 
 
-def xywh2xyxy(b: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
-    out = b.clone() if isinstance(b, torch.Tensor) else b.copy()
-    out[..., 0] = b[..., 0] - b[..., 2] / 2
-    out[..., 1] = b[..., 1] - b[..., 3] / 2
-    out[..., 2] = b[..., 0] + b[..., 2] / 2
-    out[..., 3] = b[..., 1] + b[..., 3] / 2
+BoxFormat = Literal["xyxy", "xywh", "cxcywh"]
+_FORMATS = ("xyxy", "xywh", "cxcywh")
+
+
+def box_convert(b: Array, in_fmt: BoxFormat, out_fmt: BoxFormat) -> Array:
+    """Boxes ``[..., 4]`` from one format to another (a new array; torch or numpy in, same out).
+
+    ``xyxy``: corners x1, y1, x2, y2; ``xywh``: top-left x, y and width, height (COCO json);
+    ``cxcywh``: centre x, y and width, height (YOLO labels and the network's output).
+    """
+    if in_fmt not in _FORMATS or out_fmt not in _FORMATS:
+        raise ValueError(f"box format must be one of {_FORMATS}, got '{in_fmt}' -> '{out_fmt}'")
+    out = b.clone() if isinstance(b, torch.Tensor) else np.array(b, copy=True)
+    if in_fmt == out_fmt:
+        return out
+    if in_fmt == "cxcywh":
+        out[..., :2] = b[..., :2] - b[..., 2:4] / 2
+    if in_fmt != "xyxy":  # now top-left + size
+        out[..., 2:4] = out[..., :2] + b[..., 2:4]
+    # out is xyxy here
+    if out_fmt == "xyxy":
+        return out
+    wh = out[..., 2:4] - out[..., :2]
+    if out_fmt == "cxcywh":
+        out[..., :2] = out[..., :2] + wh / 2
+    out[..., 2:4] = wh
     return out
 
 
-def xyxy2xywh(b: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
-    out = b.clone() if isinstance(b, torch.Tensor) else b.copy()
-    out[..., 0] = (b[..., 0] + b[..., 2]) / 2
-    out[..., 1] = (b[..., 1] + b[..., 3]) / 2
-    out[..., 2] = b[..., 2] - b[..., 0]
-    out[..., 3] = b[..., 3] - b[..., 1]
-    return out
+def normalize_boxes(b: Array, width: float, height: float) -> Array:
+    """Pixel boxes ``[..., 4]`` (any format) -> fractions of the image's width and height."""
+    scale = b.new_tensor([width, height] * 2) if isinstance(b, torch.Tensor) else np.array([width, height] * 2, b.dtype)
+    return b / scale
+
+
+def denormalize_boxes(b: Array, width: float, height: float) -> Array:
+    """Fractions of the image's width and height (any format) -> pixels."""
+    scale = b.new_tensor([width, height] * 2) if isinstance(b, torch.Tensor) else np.array([width, height] * 2, b.dtype)
+    return b * scale
+
+
+def clip_boxes(b: Array, width: float, height: float) -> Array:
+    """xyxy boxes ``[..., 4]`` clipped to the image, in place; returns them."""
+    if isinstance(b, torch.Tensor):
+        b[..., 0::2] = b[..., 0::2].clamp(0, width)
+        b[..., 1::2] = b[..., 1::2].clamp(0, height)
+    else:
+        b[..., 0::2] = b[..., 0::2].clip(0, width)
+        b[..., 1::2] = b[..., 1::2].clip(0, height)
+    return b
 
 
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -119,7 +163,7 @@ def postprocess(pred: torch.Tensor, conf_thres: float = 0.25, nms_thres: float =
     if img_i.numel() == 0:
         return [empty.copy() for _ in range(b)]
     xywh = pred[img_i, box_i, :4]
-    cand = torch.cat((xywh2xyxy(xywh), scores[img_i, box_i, cls_i, None], cls_i[:, None].float()), 1)
+    cand = torch.cat((box_convert(xywh, "cxcywh", "xyxy"), scores[img_i, box_i, cls_i, None], cls_i[:, None].float()), 1)
     cand = cand.cpu().numpy()
     rects = xywh.cpu().numpy().astype(np.float64)
     rects[:, :2] -= rects[:, 2:] / 2  # x, y, w, h as OpenCV's Rect2d

@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 import torch
 
-from .boxes import Geometry, fit_image, to_tensor
+from .boxes import Geometry, box_convert, fit_image, normalize_boxes, to_tensor
 from .io import InputFileError, imread, is_image, list_entries, read_names, resolve_listed
 
 # COCO's 80 category ids in ascending order: class index i of coco.names <-> COCO_IDS[i].
@@ -285,10 +285,7 @@ def load_coco(ann_file: str | Path, images: str | Path | None = None) -> Dataset
         labels = np.zeros((len(anns), 5), np.float32)
         if len(anns):
             labels[:, 0] = [a["cls"] for a in anns]
-            labels[:, 1] = (boxes[:, 0] + boxes[:, 2] / 2) / width
-            labels[:, 2] = (boxes[:, 1] + boxes[:, 3] / 2) / height
-            labels[:, 3] = boxes[:, 2] / width
-            labels[:, 4] = boxes[:, 3] / height
+            labels[:, 1:5] = normalize_boxes(box_convert(boxes, "xywh", "cxcywh"), width, height)
         records.append(ImageRecord(path, image_id, labels, np.array([a["crowd"] for a in anns], bool),
                                    width, height, np.array([a["area"] for a in anns], np.float32)))
     return DatasetInfo(records, names, category_ids, f"{ann_file} + {image_dir}", problems)

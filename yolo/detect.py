@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .boxes import Geometry, fit_image, postprocess, to_tensor, xyxy2xywh
+from .boxes import Geometry, box_convert, fit_image, normalize_boxes, postprocess, to_tensor
 from .cfg import REPO_ROOT, resolve_path
 from .checkpoint import load_weights
 from .io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, imread, is_image, read_image_list, read_names
@@ -307,7 +307,7 @@ class _Writer:
     def record(self, file: str, dets: np.ndarray, hw: tuple[int, int], stem: str, frame: int | None = None) -> None:
         if self.save_txt:
             h, w = hw
-            xywh = xyxy2xywh(dets[:, :4].astype(np.float64)) / np.array([w, h, w, h], dtype=np.float64)
+            xywh = normalize_boxes(box_convert(dets[:, :4].astype(np.float64), "xyxy", "cxcywh"), w, h)
             lines = [f"{int(c)} {x:.6f} {y:.6f} {bw:.6f} {bh:.6f} {s:.6f}"
                      for (x, y, bw, bh), s, c in zip(xywh, dets[:, 4], dets[:, 5])]
             (self.output / "labels" / f"{stem}.txt").write_text("".join(l + "\n" for l in lines))

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .boxes import postprocess
+from .boxes import box_convert, denormalize_boxes, postprocess
 from .plots import plot_pr_curves
 from .data import DataWarning, DatasetInfo, EvalDataset, ImageRecord, Problems, collate_eval, worker_init
 
@@ -56,13 +56,12 @@ def ground_truth_coco(info: DatasetInfo, records: Sequence[ImageRecord],
             raise EvalError(f"{rec.path}: image size unknown (read the image first)")
         images.append({"id": int(rec.image_id), "width": int(w), "height": int(h), "file_name": rec.path.name})
         lab = rec.labels.astype(np.float64)
-        bw, bh = lab[:, 3] * w, lab[:, 4] * h
-        x, y = lab[:, 1] * w - bw / 2, lab[:, 2] * h - bh / 2
-        areas = rec.areas if rec.areas is not None else bw * bh
+        xywh = box_convert(denormalize_boxes(lab[:, 1:5], w, h), "cxcywh", "xywh")
+        areas = rec.areas if rec.areas is not None else xywh[:, 2] * xywh[:, 3]
         for k in range(len(lab)):
             anns.append({"id": len(anns) + 1, "image_id": int(rec.image_id),
                          "category_id": int(info.category_ids[int(lab[k, 0])]),
-                         "bbox": [float(x[k]), float(y[k]), float(bw[k]), float(bh[k])],
+                         "bbox": [float(v) for v in xywh[k]],
                          "area": float(areas[k]), "iscrowd": int(bool(rec.crowd[k]))})
     cats = [{"id": int(c), "name": name} for c, name in zip(info.category_ids, info.names)]
     return {"info": {"description": info.source}, "images": images, "annotations": anns, "categories": cats}

@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .boxes import box_iou, xywh2xyxy
+from .boxes import box_convert, box_iou
 
 
 def bbox_iou_kind(a: torch.Tensor, b: torch.Tensor, kind: str = "iou", eps: float = 1e-9) -> torch.Tensor:
@@ -89,7 +89,7 @@ class YOLOLoss:
         anchors = self.all_anchors.to(device)
         iou_anchor = wh_iou(tbox[:, 2:], anchors)  # (N, A)
         best = iou_anchor.argmax(1) if len(targets) else torch.zeros(0, dtype=torch.long, device=device)
-        tbox_xyxy = xywh2xyxy(tbox)
+        tbox_xyxy = box_convert(tbox, "cxcywh", "xyxy")
 
         lbox = torch.zeros((), device=device)
         lobj = torch.zeros((), device=device)
@@ -177,7 +177,7 @@ class YOLOLoss:
     def _best_iou(layer, p: torch.Tensor, img: torch.Tensor, tbox_xyxy: torch.Tensor, batch: int) -> torch.Tensor:
         """For each prediction ``(B, na, ny, nx)``, its best IoU with any target of its image."""
         pred = layer.decode(p.detach())[..., :4]  # cx, cy, w, h input pixels
-        pred = xywh2xyxy(pred.reshape(batch, -1, 4))
+        pred = box_convert(pred.reshape(batch, -1, 4), "cxcywh", "xyxy")
         out = torch.zeros(pred.shape[:2], device=p.device)
         for b in range(batch):  # a loop over images, not boxes
             t = tbox_xyxy[img == b]
