@@ -18,8 +18,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from yolo.augment import AugmentConfig, TrainDataset, collate  # noqa: E402
-from yolo.data import load_dataset, worker_init  # noqa: E402
+from yolo.augment import AugmentConfig  # noqa: E402
+from yolo.loaders import TrainDataset, collate  # noqa: E402
+from yolo.datasets import load_dataset  # noqa: E402
+from yolo.loaders import worker_init  # noqa: E402
 from yolo.engine import Hyp, build_optimizer  # noqa: E402
 from yolo.loss import YOLOLoss  # noqa: E402
 from yolo.model import Darknet  # noqa: E402

@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from yolo.augment import AugmentConfig, TrainDataset, collate, hsv_jitter, random_place, transform_boxes
+from yolo.augment import AugmentConfig, hsv_jitter, random_place, transform_boxes
+from yolo.loaders import TrainDataset, collate
 
 
 @dataclass

@@ -14,7 +14,7 @@ from torch import nn
 
 from yolo.checkpoint import load_weights
 from yolo.cli.test import main
-from yolo.data import DataWarning, drop_crowd, load_dataset, write_darknet_dataset
+from yolo.datasets import DataWarning, drop_crowd, load_dataset, write_darknet_dataset
 from yolo.evaluate import EvalError, evaluate
 from yolo.model import Darknet
 

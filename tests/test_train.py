@@ -147,7 +147,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def coco_small(coco128, tmp_path_factory) -> Path:
-    from yolo.data import DatasetInfo, load_dataset, write_darknet_dataset
+    from yolo.datasets import DatasetInfo, load_dataset, write_darknet_dataset
 
     info = load_dataset(coco128 / "annotations" / "instances_val2017.json", coco128 / "val2017")
     small = DatasetInfo(info.records[:4], info.names, info.category_ids, info.source)

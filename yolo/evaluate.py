@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 from .boxes import box_convert, denormalize_boxes, postprocess
 from .plots import plot_pr_curves
-from .data import DataWarning, DatasetInfo, EvalDataset, ImageRecord, Problems, collate_eval, worker_init
+from .datasets import DataWarning, DatasetInfo, ImageRecord, Problems
+from .loaders import EvalDataset, collate_eval, worker_init
 
 STAT_NAMES = [
     "AP@[.5:.95] all", "AP@.5 all", "AP@.75 all", "AP@[.5:.95] small", "AP@[.5:.95] medium",

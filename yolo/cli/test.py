@@ -53,7 +53,7 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Load model and data from parsed arguments and evaluate; the CLI's whole job."""
     from ..checkpoint import load_weights
-    from ..data import load_dataset
+    from ..datasets import load_dataset
     from ..evaluate import evaluate
     from ..model import Darknet
 
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 @user_errors()
 def main(argv: Sequence[str] | None = None) -> int:
-    from ..data import DataError
+    from ..datasets import DataError
     from ..evaluate import EvalError, format_report
 
     args = get_args_parser().parse_args(argv)

@@ -22,7 +22,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..augment import AugmentConfig, TrainDataset, collate
+from ..augment import AugmentConfig
+from ..loaders import TrainDataset, collate
 from ..checkpoint import CheckpointError, check_same_cfg, load_checkpoint, load_weights, save_checkpoint
 from ..engine import (SUPPORTED_POLICIES, Hyp, ModelEMA, SkipSampler, TrainState, append_results, barrier,
                       build_optimizer, cleanup_distributed, freeze, init_head_biases, init_distributed, multiscale_range,
@@ -140,7 +141,7 @@ def _resume_args(args: argparse.Namespace) -> tuple[argparse.Namespace, dict[str
 
 
 def _load_data(args: argparse.Namespace) -> tuple[Any, Any]:
-    from ..data import DataError, load_dataset
+    from ..datasets import DataError, load_dataset
 
     try:
         train = load_dataset(args.data, args.images, split="train")
@@ -364,7 +365,7 @@ def _train(args: argparse.Namespace, ckpt: dict[str, Any] | None, device: torch.
                                                   seed=args.seed, drop_last=False)
     saved_args = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))}
     csv_path, png_path = out / "results.csv", out / "results.png"
-    from ..data import worker_init
+    from ..loaders import worker_init
     from ..evaluate import evaluate
 
     say(f"training {len(train_info.records)} images, validating on {len(val_info.records)}; output: {out}")

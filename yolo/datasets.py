@@ -20,18 +20,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import cv2
 import numpy as np
-import torch
 
-from .boxes import Geometry, box_convert, fit_image, normalize_boxes, to_tensor
+from .boxes import box_convert, normalize_boxes
 from .io import InputFileError, imread, is_image, list_entries, read_names, resolve_listed
 
 # COCO's 80 category ids in ascending order: class index i of coco.names <-> COCO_IDS[i].
@@ -368,59 +365,6 @@ def _int_option(options: dict[str, str], lines: dict[str, int], key: str, data: 
         return int(options[key])
     except ValueError:
         raise DataError(f"{data}:{lines[key]}: key '{key}': expected an integer, got '{options[key]}'") from None
-
-
-# ---------------------------------------------------------------------------------------------
-# evaluation dataset (shared pre-processing with detect.py via boxes.fit_image / to_tensor)
-# ---------------------------------------------------------------------------------------------
-class EvalDataset(torch.utils.data.Dataset):
-    """Records -> network-input images; an unreadable image yields None and is skipped by the collate.
-
-    Items are ``(image HWC uint8 BGR at size_hw, index, Geometry | reason str, seconds spent)``.
-    """
-
-    def __init__(self, records: Sequence[ImageRecord], size_hw: tuple[int, int], letter_box: bool) -> None:
-        self.records = records
-        self.size_hw = size_hw
-        self.letter_box = letter_box
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, i: int) -> tuple[np.ndarray | None, int, Geometry | str, float]:
-        t0 = time.perf_counter()
-        img, reason = imread(self.records[i].path)
-        if img is None:
-            return None, i, reason, time.perf_counter() - t0
-        img, geom = fit_image(img, self.size_hw, self.letter_box)
-        return img, i, geom, time.perf_counter() - t0
-
-
-@dataclass
-class EvalBatch:
-    images: torch.Tensor  # (B, 3, H, W) float RGB 0..1
-    indices: list[int]  # record index of each image
-    geometries: list[Geometry]
-    skipped: list[tuple[int, str]]  # (record index, reason) of unreadable images
-    preprocess_s: float  # seconds spent reading + resizing + converting this batch
-
-
-def collate_eval(items: list[tuple[np.ndarray | None, int, Geometry | str, float]]) -> EvalBatch:
-    t0 = time.perf_counter()
-    good = [it for it in items if it[0] is not None]
-    skipped = [(i, str(reason)) for img, i, reason, _ in items if img is None]
-    images = to_tensor([it[0] for it in good]) if good else torch.zeros(0)
-    return EvalBatch(images, [it[1] for it in good], [it[2] for it in good], skipped,
-                     sum(it[3] for it in items) + time.perf_counter() - t0)
-
-
-def worker_init(_: int) -> None:
-    """One torch thread per worker: the workers already run in parallel.
-
-    (No ``cv2.setNumThreads`` here: in a forked worker it can deadlock on the thread pool
-    inherited from the parent, seen with OpenCV 4.14.)
-    """
-    torch.set_num_threads(1)
 
 
 # ---------------------------------------------------------------------------------------------
