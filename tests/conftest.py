@@ -1,15 +1,12 @@
 """Shared fixtures: paths to the repo's shipped files and to ../shared (skipped when absent)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("YOLO_SHARED", ROOT.parent / "shared"))
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+from helpers import ROOT, SHARED
 
 torch.set_num_threads(2)
 

@@ -1,6 +1,7 @@
-"""Helpers shared by the block tests: tiny cfgs built in a temp folder, randomised BatchNorm."""
+"""What the tests share: paths, tiny cfgs built in a temp folder, randomised BatchNorm."""
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -8,6 +9,12 @@ import torch
 from torch import nn
 
 from yolo import Darknet
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("YOLO_SHARED", ROOT.parent / "shared"))
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+TINY = FIXTURES / "tiny.cfg"  # inference-only fixture
+TRAIN_TINY = FIXTURES / "train_tiny.cfg"  # a cfg small enough to train in seconds
 
 NET = "[net]\nwidth={w}\nheight={w}\nchannels={c}\n\n"
 
