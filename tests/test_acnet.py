@@ -10,7 +10,8 @@ from torch import nn
 
 from helpers import NET, build, randomize
 from yolo import ConfigError, Darknet
-from yolo.blocks.acnet import ACConv, ACUnit, add_asymmetric
+from yolo.blocks.acnet import ACConv
+from yolo.blocks.layers import ACUnit, add_asymmetric
 from yolo.blocks.conv import Convolutional
 
 

@@ -12,7 +12,8 @@ import torch
 
 from helpers import randomize
 from yolo import Darknet
-from yolo.blocks.acnet import ACConv, ACUnit
+from yolo.blocks.acnet import ACConv
+from yolo.blocks.layers import ACUnit
 from yolo.blocks.conv import Convolutional
 from yolo.cfg import parse_cfg, parse_cfg_text
 from yolo.deploy import edit_cfg_text, main as deploy_main

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from helpers import NET, build, randomize
 from yolo import ConfigError, Darknet
-from yolo.blocks.acnet import ACUnit
+from yolo.blocks.layers import ACUnit
 from yolo.blocks.resnet import Bottleneck
 from yolo.blocks.scnet import SCBottleneck
 

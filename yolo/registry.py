@@ -82,16 +82,25 @@ class Block(nn.Module):
 
 BlockFactory = Callable[[Section, BuildContext], Block]
 _REGISTRY: dict[str, BlockFactory] = {}
+_VARIANTS: dict[str, dict[str, BlockFactory]] = {}  # section name -> {switch key: factory}
 
 
-def register(*names: str) -> Callable:
-    """Class decorator: the section name(s) this block is built from. Refuses duplicates."""
+def register(*names: str, variant: str | None = None) -> Callable:
+    """Class decorator: the section name(s) this block is built from. Refuses duplicates.
+
+    ``variant`` names a boolean key that, set to 1 in the section, selects this class instead
+    of the plain one (ACNet's ``asymmetric=1`` on a [convolutional]), so the plain block never
+    needs to know its variants.
+    """
 
     def wrap(cls):
         for name in names:
-            if name in _REGISTRY:
-                raise RuntimeError(f"block type [{name}] registered twice")
-            _REGISTRY[name] = cls.from_section
+            table = _REGISTRY if variant is None else _VARIANTS.setdefault(name, {})
+            key = name if variant is None else variant
+            if key in table:
+                raise RuntimeError(f"block type [{name}]{'' if variant is None else ' ' + variant + '=1'} "
+                                   "registered twice")
+            table[key] = cls.from_section
         cls.section_type = names[0]
         return cls
 
@@ -107,6 +116,9 @@ def build_block(section: Section, ctx: BuildContext) -> Block:
     if factory is None:
         raise ConfigError(f"{section.where()}: unknown section type; known: "
                           f"{', '.join('[' + n + ']' for n in registered_types())}")
+    for key, variant in _VARIANTS.get(section.type, {}).items():
+        if section.bool(key, False):
+            factory = variant
     block = factory(section, ctx)
     block.where = section.where()
     return block

@@ -8,7 +8,7 @@ from torch import nn
 
 from ..cfg import Section
 from ..registry import Block, BuildContext, WeightUnit, register
-from .conv import ConvBN, make_activation
+from .layers import ConvBN, make_activation
 
 STYPES = ("normal", "stage")
 

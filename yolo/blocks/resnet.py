@@ -8,21 +8,7 @@ from torch import nn
 
 from ..cfg import Section
 from ..registry import Block, BuildContext, WeightUnit, register
-from .acnet import ACUnit
-from .conv import ConvBN, make_activation
-
-
-def positive(s: Section, key: str, default: int | None = None) -> int:
-    """An integer key that must be >= 1 (error names the line)."""
-    value = s.int(key) if default is None else s.int(key, default)
-    if value < 1:
-        raise s.error(f"expected {key} >= 1, got {value}", key)
-    return value
-
-
-def make_downsample(c_in: int, c_out: int, stride: int) -> ConvBN | None:
-    """The residual projection (1x1 conv + BN) when the shapes differ, else None (identity)."""
-    return ConvBN(c_in, c_out, 1, stride) if stride != 1 or c_in != c_out else None
+from .layers import ACUnit, ConvBN, make_activation, make_downsample, positive
 
 
 @register("bottleneck")

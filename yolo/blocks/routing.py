@@ -7,7 +7,7 @@ from torch import nn
 
 from ..cfg import Section
 from ..registry import Block, BuildContext, register
-from .conv import make_activation
+from .layers import make_activation
 
 
 @register("route")

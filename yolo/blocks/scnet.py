@@ -9,8 +9,7 @@ from torch import nn
 
 from ..cfg import Section
 from ..registry import Block, BuildContext, WeightUnit, register
-from .conv import ConvBN, make_activation
-from .resnet import make_downsample, positive
+from .layers import ConvBN, make_activation, make_downsample, positive
 
 
 class SCConv(nn.Module):
