@@ -34,7 +34,7 @@ def test_acconv_forward_is_the_three_branch_formula(tmp_path, size, stride, grou
     model = randomize(build(tmp_path, ac_section(c_out, size, stride, groups), c=c_in)).eval()
     block = model.module_list[0]
     assert isinstance(block, ACConv)
-    assert block.out_channels == c_out and block.stride == stride
+    assert block.out_channels == c_out and block.out_stride == stride
     u = block.unit
     x = torch.randn(2, c_in, 17, 15)  # odd sizes: padding alignment of the branches matters
     p = size // 2
@@ -131,7 +131,7 @@ def test_tiny_ac_cfg_is_yolov3_tiny_with_ac_3x3(tmp_path):
     assert len(ac.module_list) == len(plain.module_list)
     n_ac = 0
     for a, p in zip(ac.module_list, plain.module_list):
-        assert (a.out_channels, a.stride) == (p.out_channels, p.stride)
+        assert (a.out_channels, a.out_stride) == (p.out_channels, p.out_stride)
         if isinstance(p, Convolutional) and p.unit.conv.kernel_size == (3, 3):
             assert isinstance(a, ACConv)
             n_ac += 1

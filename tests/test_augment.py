@@ -32,14 +32,28 @@ def bbox_of_white(img: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("letter_box", [False, True])
+@pytest.mark.parametrize("angle", [0.0, 20.0])
 @pytest.mark.parametrize("seed", range(6))
-def test_boxes_follow_jitter_flip_and_rotation(seed, letter_box):
+def test_boxes_follow_jitter_flip_and_rotation(seed, angle, letter_box):
     img, boxes = white_box_image()
-    cfg = AugmentConfig(jitter=0.3, flip=True, angle=0.0, letter_box=letter_box)
+    cfg = AugmentConfig(jitter=0.3, flip=True, angle=angle, letter_box=letter_box)
     out, moved = random_place(img, boxes, (128, 96), cfg, np.random.default_rng(seed))
     assert out.shape == (96, 128, 3)
     assert len(moved) == 1 and moved[0, 4] == 3
-    np.testing.assert_allclose(moved[0, :4], bbox_of_white(out), atol=1.5)
+    # a rotated rectangle's bounding box is the box of its rotated corners: what the label becomes
+    np.testing.assert_allclose(moved[0, :4], bbox_of_white(out), atol=2.0)
+
+
+def test_rotation_turns_the_box_by_the_drawn_angle():
+    """With jitter 0 and a fixed seed the rotation really happens (the white area is not upright)."""
+    img, boxes = white_box_image()
+    fills = []
+    for seed in range(8):
+        out, _ = random_place(img, boxes, (200, 150), AugmentConfig(jitter=0.0, flip=False, angle=30.0),
+                              np.random.default_rng(seed))
+        x1, y1, x2, y2 = bbox_of_white(out).astype(int)
+        fills.append((out[y1:y2, x1:x2, 0] > 127).mean())
+    assert min(fills) < 0.8  # at least one draw turned the rectangle by well over 10 degrees
 
 
 def test_flip_mirrors_boxes():

@@ -158,7 +158,7 @@ def test_opencv_reads_the_deployed_model(tiny_ac, tmp_path):
     ours = ours[0]
     rows, start = [], 0
     for layer in ref_model.yolo_layers:  # ours: (anchor, row, col) per layer; OpenCV: (row, col, anchor)
-        ny = nx = int(size // layer.stride)
+        ny = nx = int(size // layer.out_stride)
         na, nc = layer.num_anchors, layer.num_attrib
         o = ours[start:start + na * ny * nx]
         rows.append(o.reshape(na, ny, nx, nc).permute(1, 2, 0, 3).reshape(-1, nc))

@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
+from helpers import TRAIN_TINY as TINY
 from yolo.loss import YOLOLoss, bbox_iou_kind, wh_iou
 from yolo.model import Darknet
 
-TINY = Path(__file__).parent / "fixtures" / "train_tiny.cfg"
 SIZE = 128
 
 
@@ -18,7 +17,7 @@ SIZE = 128
 def model() -> Darknet:
     m = Darknet(TINY)
     for layer in m.yolo_layers:  # plain Darknet-v3 rules unless a test says otherwise
-        layer.iou_thresh, layer.iou_loss, layer.ignore_thresh = 1.0, "mse", 0.7
+        layer.settings.iou_thresh, layer.settings.iou_loss, layer.settings.ignore_thresh = 1.0, "mse", 0.7
     return m.train()
 
 
@@ -60,7 +59,7 @@ def test_iou_thresh_adds_other_anchors(model):
     loss_fn(outs, t, (SIZE, SIZE))[0].backward()
     single = sum(int((o.grad[..., 4] < 0).sum()) for o in outs)
     for layer in model.yolo_layers:
-        layer.iou_thresh = 0.5
+        layer.settings.iou_thresh = 0.5
     outs = zeros_like_outputs(model)
     loss_fn(outs, t, (SIZE, SIZE))[0].backward()
     several = sum(int((o.grad[..., 4] < 0).sum()) for o in outs)
@@ -91,7 +90,7 @@ def test_mse_box_gradient_is_darknets(model):
         outs[0][0, 0, 2, 2, 2] = 0.3  # tw; the target's tw is log(30/30) = 0
     loss_fn(outs, t, (SIZE, SIZE))[0].backward()
     scale = 2 - (w / SIZE) * (h / SIZE)
-    iou_norm = model.yolo_layers[0].iou_normalizer
+    iou_norm = model.yolo_layers[0].settings.iou_normalizer
     grad = outs[0].grad[0, 0, 2, 2]
     assert grad[2].item() == pytest.approx(scale * iou_norm * 0.3, rel=1e-4)
     assert grad[3].item() == pytest.approx(0.0, abs=1e-6)
@@ -102,7 +101,7 @@ def test_mse_box_gradient_is_darknets(model):
 @pytest.mark.parametrize("kind", ["mse", "giou", "ciou"])
 def test_minimising_the_loss_recovers_the_targets(model, kind):
     for layer in model.yolo_layers:
-        layer.iou_loss = kind
+        layer.settings.iou_loss = kind
     loss_fn = YOLOLoss(model)
     t = torch.tensor([target(0, 2, 50, 70, 34, 20), target(1, 0, 20, 30, 12, 14), target(1, 1, 90, 90, 50, 44)])
     outs = zeros_like_outputs(model, batch=2)

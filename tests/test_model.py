@@ -1,17 +1,15 @@
 """Darknet forward semantics: output contract, decoding formulas, routing, fusion, fast path."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import TINY
 from yolo import Darknet
 from yolo.blocks.routing import MaxPool
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
-TINY = FIXTURES / "tiny.cfg"
 
 
 def tiny(seed: int = 0) -> Darknet:
@@ -43,14 +41,14 @@ def decode_by_formula(raw: torch.Tensor, layer) -> torch.Tensor:
         t = raw[:, a]
         aw, ah = layer.anchors[a]
         if layer.new_coords:
-            out[:, a, ..., 0] = (t[..., 0] * s - (s - 1) / 2 + gx) * layer.stride
-            out[:, a, ..., 1] = (t[..., 1] * s - (s - 1) / 2 + gy) * layer.stride
+            out[:, a, ..., 0] = (t[..., 0] * s - (s - 1) / 2 + gx) * layer.out_stride
+            out[:, a, ..., 1] = (t[..., 1] * s - (s - 1) / 2 + gy) * layer.out_stride
             out[:, a, ..., 2] = (2 * t[..., 2]) ** 2 * aw
             out[:, a, ..., 3] = (2 * t[..., 3]) ** 2 * ah
             out[:, a, ..., 4:] = t[..., 4:]
         else:
-            out[:, a, ..., 0] = (torch.sigmoid(t[..., 0]) * s - (s - 1) / 2 + gx) * layer.stride
-            out[:, a, ..., 1] = (torch.sigmoid(t[..., 1]) * s - (s - 1) / 2 + gy) * layer.stride
+            out[:, a, ..., 0] = (torch.sigmoid(t[..., 0]) * s - (s - 1) / 2 + gx) * layer.out_stride
+            out[:, a, ..., 1] = (torch.sigmoid(t[..., 1]) * s - (s - 1) / 2 + gy) * layer.out_stride
             out[:, a, ..., 2] = torch.exp(t[..., 2]) * aw
             out[:, a, ..., 3] = torch.exp(t[..., 3]) * ah
             out[:, a, ..., 4:] = torch.sigmoid(t[..., 4:])
@@ -172,3 +170,33 @@ def test_bad_input_sizes_are_refused():
         model(torch.rand(1, 3, 64, 60))
     with pytest.raises(ValueError, match=r"expected input \(batch, 3, height, width\)"):
         model(torch.rand(1, 4, 64, 64))
+
+
+def test_a_block_that_forgets_a_weight_unit_fails_at_build_naming_its_section(tmp_path):
+    from torch import nn
+
+    from yolo.blocks.layers import ConvBN
+    from yolo.registry import Block, register
+
+    @register("forgetful_test_block")
+    class Forgetful(Block):
+        def __init__(self, c: int, stride: float) -> None:
+            super().__init__(c, stride)
+            self.a, self.b = ConvBN(c, c, 3), ConvBN(c, c, 1)
+
+        @classmethod
+        def from_section(cls, s, ctx):
+            return cls(ctx.c_in, ctx.stride_in)
+
+        def forward(self, x):
+            return self.b(self.a(x))
+
+        def weight_units(self):
+            yield from self.a.weight_units()  # b forgotten
+
+    cfg = tmp_path / "f.cfg"
+    cfg.write_text("[net]\nwidth=32\nheight=32\nchannels=3\n\n[forgetful_test_block]\n")
+    with pytest.raises(RuntimeError) as e:
+        Darknet(cfg)
+    msg = str(e.value)
+    assert f"{cfg}:6" in msg and "b.conv" in msg and "b.bn" in msg and "weight_units" in msg

@@ -39,7 +39,7 @@ def opencv_rows(cfg: Path, weights: Path, blob: np.ndarray, model: Darknet) -> n
     rows = []
     # OpenCV lists the unconnected outputs in cfg order of the [yolo] layers
     for out, layer in zip(outs, model.yolo_layers):
-        ny, nx = int(h // layer.stride), int(w // layer.stride)
+        ny, nx = int(h // layer.out_stride), int(w // layer.out_stride)
         na = layer.num_anchors
         assert out.shape == (ny * nx * na, layer.num_attrib)
         rows.append(out.reshape(ny, nx, na, -1).transpose(2, 0, 1, 3).reshape(-1, layer.num_attrib))

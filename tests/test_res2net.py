@@ -119,7 +119,7 @@ def test_res2net_cfgs_have_three_heads_at_32_16_8(cfg):
     assert model.strides == [32, 16, 8]
     res2net = [b for b in model.module_list if b.section_type == "res2net"]
     assert [b.out_channels for b in res2net] == [64] + [128] * 2 + [256] * 8 + [512] * 8 + [1024] * 4
-    triangles = [(b.out_channels, b.stride) for b in model.module_list if b.section_type == "triangle"]
+    triangles = [(b.out_channels, b.out_stride) for b in model.module_list if b.section_type == "triangle"]
     if "triangle" in cfg:
         assert triangles == [(1024, 32), (1024, 32), (512, 16), (512, 16), (256, 8), (256, 8)]
     else:

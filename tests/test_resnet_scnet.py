@@ -47,7 +47,7 @@ def test_bottleneck_forward_is_the_formula(tmp_path, c_in, planes, stride, asym)
     blk = model.module_list[0]
     assert isinstance(blk, Bottleneck)
     out = planes * 4
-    assert blk.out_channels == out and blk.stride == stride
+    assert blk.out_channels == out and blk.out_stride == stride
     assert (blk.downsample is None) == (stride == 1 and c_in == out)
     x = torch.randn(2, c_in, 11, 14)
     y = F.relu(cb(x, blk.conv1))
@@ -119,7 +119,7 @@ def test_scbottleneck_forward_is_the_formula(tmp_path, c_in, planes, stride, r, 
     body = f"[scbottleneck]\nplanes={planes}\nstride={stride}\npooling_r={r}\n"
     blk = randomize(build(tmp_path, body, c=c_in)).module_list[0].eval()
     assert isinstance(blk, SCBottleneck)
-    assert blk.out_channels == planes * 4 and blk.stride == stride
+    assert blk.out_channels == planes * 4 and blk.out_stride == stride
     assert (blk.downsample is None) == (stride == 1 and c_in == planes * 4)
     x = torch.randn(2, c_in, h, w)
     with torch.no_grad():
@@ -208,10 +208,10 @@ def test_cfg_layout(models, name):
     assert [b.out_channels for b in m.yolo_layers] == [255, 255, 255]
     stage_ends = {8: (512, 8), 14: (1024, 16), 17: (2048, 32)}  # section: (channels, stride)
     for i, (c, s) in stage_ends.items():
-        assert (m.module_list[i].out_channels, m.module_list[i].stride) == (c, s)
+        assert (m.module_list[i].out_channels, m.module_list[i].out_stride) == (c, s)
     assert [i for i, b in enumerate(blocks) if b.downsample is not None] == [0, 3, 7, 13]
-    previous = [4.0] + [b.stride for b in blocks[:-1]]  # the max-pool output is at stride 4
-    assert [i for i, b in enumerate(blocks) if b.stride != previous[i]] == [3, 7, 13]
+    previous = [4.0] + [b.out_stride for b in blocks[:-1]]  # the max-pool output is at stride 4
+    assert [i for i, b in enumerate(blocks) if b.out_stride != previous[i]] == [3, 7, 13]
     if name.startswith("acresnet"):
         assert all(isinstance(b.conv2, ACUnit) for b in blocks)
 

@@ -8,25 +8,14 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import TINY, randomize
 from yolo import Darknet, WeightsError
 from yolo.cfg import CFG_DIR
-
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
-TINY = FIXTURES / "tiny.cfg"
-
 
 def randomised(cfg: str | Path, seed: int = 0) -> Darknet:
     """A model with random weights and non-default BatchNorm statistics."""
     torch.manual_seed(seed)
-    model = Darknet(cfg)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.normal_()
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_()
-    return model
+    return randomize(Darknet(cfg), seed)
 
 
 def stream_floats(model: Darknet) -> int:

@@ -17,28 +17,31 @@ import cv2
 import numpy as np
 import torch
 
+from .blocks.yolo_layer import YoloSettings
 from .boxes import LETTERBOX_FILL, placement
+from .netconfig import NetConfig
 
 MIN_BOX_PX = 2.0
 
 
 @dataclass
 class AugmentConfig:
-    """The augmentation knobs, from [net] and [yolo] (``jitter``), overridable on the command line."""
+    """The augmentation knobs, from [net] and [yolo] (``jitter``), overridable on the command line.
+    Defaults are Darknet's, taken from the classes that read those sections (never restated)."""
 
-    jitter: float = 0.0
-    hue: float = 0.0
-    saturation: float = 1.0
-    exposure: float = 1.0
-    angle: float = 0.0
-    flip: bool = False
-    mosaic: bool = False
-    letter_box: bool = False
+    jitter: float = YoloSettings.jitter
+    hue: float = NetConfig.hue
+    saturation: float = NetConfig.saturation
+    exposure: float = NetConfig.exposure
+    angle: float = NetConfig.angle
+    flip: bool = NetConfig.flip
+    mosaic: bool = NetConfig.mosaic
+    letter_box: bool = NetConfig.letter_box
 
     @classmethod
     def from_model(cls, model: torch.nn.Module) -> "AugmentConfig":
         net = model.net
-        jitter = max((layer.jitter for layer in model.yolo_layers), default=0.0)
+        jitter = max((layer.settings.jitter for layer in model.yolo_layers), default=0.0)
         return cls(jitter=jitter, hue=net.hue, saturation=net.saturation, exposure=net.exposure,
                    angle=net.angle, flip=net.flip, mosaic=net.mosaic, letter_box=net.letter_box)
 

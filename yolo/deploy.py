@@ -2,10 +2,11 @@
 
 A block that has a simpler inference form defines ``deploy() -> (block, key_edits)``: the
 replacement block (computing the same function) and the edits that turn its section's text
-into the matching cfg (``{key: new value}``, ``None`` deletes the key). This module knows
-no block type: it swaps the blocks, edits those sections' lines in place (every other line
-of the cfg, comments included, is kept), and the ordinary weights writer does the rest,
-since the replacement blocks declare their own ``weight_units()``.
+into the matching cfg (``{key: new value}``, ``None`` deletes the key). ``Darknet.deploy()``
+swaps the blocks; this module knows no block type: it edits those sections' lines in place
+(every other line of the cfg, comments included, is kept) and writes the files, and the
+ordinary weights writer does the rest, since the replacement blocks declare their own
+``weight_units()``.
 
     python -m yolo.deploy --cfg IN.cfg --weights IN.weights --out-cfg OUT.cfg --out-weights OUT.weights
 """
@@ -14,12 +15,9 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
-from .cfg import ConfigError, parse_cfg_text, strip_comment
-
-if TYPE_CHECKING:
-    from .model import Darknet
+from .cfg import ConfigError, strip_comment
 
 KeyEdits = dict[str, "str | None"]
 
@@ -63,40 +61,6 @@ def edit_cfg_text(text: str, edits: dict[int, KeyEdits]) -> str:
     if missing:
         raise ValueError(f"no section header on line(s) {sorted(missing)}")
     return "\n".join(out) + ("\n" if text.endswith("\n") else "")
-
-
-def deploy_model(model: "Darknet") -> "Darknet":
-    """In place: every block with a ``deploy()`` form is replaced by it; cfg text follows.
-
-    Returns the model (eval mode). Its ``cfg_text``/``sections`` are the deployed cfg, so
-    ``save_darknet_weights`` writes weights that match that text. Must run before fuse().
-    """
-    if model.fused:
-        raise RuntimeError("deploy() needs the unfused model (call it before fuse(); "
-                           "fuse() folds the BatchNorms the deployed cfg keeps)")
-    model.eval()
-    edits: dict[int, KeyEdits] = {}
-    for i, block in enumerate(model.module_list):
-        deploy = getattr(block, "deploy", None)
-        if deploy is None:
-            continue
-        new_block, key_edits = deploy()
-        if new_block is not block:
-            new_block.where = block.where
-            new_block.inputs = block.inputs
-            model.module_list[i] = new_block
-        if key_edits:
-            edits[model.sections[i].line] = key_edits
-    text = edit_cfg_text(model.cfg_text, edits)
-    if edits:
-        text = (f"# Deployed by yolo.deploy from {model.cfg_path.name}: {len(edits)} ACNet/re-parameterised "
-                f"section(s) fused into plain layers.\n") + text
-    sections = parse_cfg_text(text, f"{model.cfg_path} (deployed)")
-    model.cfg_text = text
-    model.net.section = sections[0]
-    model.sections = sections[1:]
-    model.deployed_sections = sorted(edits)
-    return model
 
 
 def deploy_files(cfg: str | Path, weights: str | Path | None, out_cfg: str | Path,

@@ -99,11 +99,11 @@ class YOLOLoss:
             _, na, ny, nx, _ = p.shape
             mask = torch.tensor(layer.mask, device=device)
             match = best[:, None] == mask[None]  # (N, na)
-            if layer.iou_thresh < 1:
-                match |= iou_anchor[:, mask] > layer.iou_thresh
+            if layer.settings.iou_thresh < 1:
+                match |= iou_anchor[:, mask] > layer.settings.iou_thresh
             ti, ai = match.nonzero(as_tuple=True)
-            gi = (tbox[ti, 0] / layer.stride).long().clamp(0, nx - 1)
-            gj = (tbox[ti, 1] / layer.stride).long().clamp(0, ny - 1)
+            gi = (tbox[ti, 0] / layer.out_stride).long().clamp(0, nx - 1)
+            gj = (tbox[ti, 1] / layer.out_stride).long().clamp(0, ny - 1)
             bi = img[ti]
 
             # objectness target and weight: 0 where "no object", ignored where a prediction
@@ -113,13 +113,13 @@ class YOLOLoss:
             if len(targets):
                 with torch.no_grad():
                     best_iou = self._best_iou(layer, p, img, tbox_xyxy, batch)
-                obj_w[best_iou > layer.ignore_thresh] = 0.0
-                if layer.truth_thresh < 1:
-                    obj_t[best_iou > layer.truth_thresh] = 1.0
-                    obj_w[best_iou > layer.truth_thresh] = 1.0
+                obj_w[best_iou > layer.settings.ignore_thresh] = 0.0
+                if layer.settings.truth_thresh < 1:
+                    obj_t[best_iou > layer.settings.truth_thresh] = 1.0
+                    obj_w[best_iou > layer.settings.truth_thresh] = 1.0
             obj_t[bi, ai, gj, gi] = 1.0
             obj_w[bi, ai, gj, gi] = 1.0
-            lobj = lobj + layer.obj_normalizer * (
+            lobj = lobj + layer.settings.obj_normalizer * (
                 F.binary_cross_entropy_with_logits(p[..., 4], obj_t, reduction="none") * obj_w).sum()
             if not len(ti):
                 continue
@@ -127,19 +127,19 @@ class YOLOLoss:
             ps = p[bi, ai, gj, gi]  # (M, 5 + C) raw predictions at the assigned cells
             anchor_px = layer.anchors.to(device)[ai]
             tb = tbox[ti]
-            lbox = lbox + layer.iou_normalizer * self._box_loss(layer, ps, tb, gi, gj, anchor_px, (w_in, h_in))
+            lbox = lbox + layer.settings.iou_normalizer * self._box_loss(layer, ps, tb, gi, gj, anchor_px, (w_in, h_in))
 
             # classes: one cell may hold several targets -> multi-label target per unique cell
             cell = ((bi * na + ai) * ny + gj) * nx + gi
             uniq, inv = torch.unique(cell, return_inverse=True)
             cls_t = torch.zeros(len(uniq), layer.num_classes, device=device)
             cls_t[inv, cls[ti]] = 1.0
-            if layer.label_smooth_eps > 0:
-                eps = layer.label_smooth_eps
+            if layer.settings.label_smooth_eps > 0:
+                eps = layer.settings.label_smooth_eps
                 cls_t = cls_t * (1 - eps) + eps / layer.num_classes
             first = torch.zeros(len(uniq), dtype=torch.long, device=device).scatter_(
                 0, inv, torch.arange(len(inv), device=device))
-            lcls = lcls + layer.cls_normalizer * F.binary_cross_entropy_with_logits(
+            lcls = lcls + layer.settings.cls_normalizer * F.binary_cross_entropy_with_logits(
                 ps[first, 5:], cls_t, reduction="sum")
 
         parts = torch.stack((lbox, lobj, lcls)).detach() / batch
@@ -151,10 +151,10 @@ class YOLOLoss:
         """Summed box loss of the assigned predictions ``ps`` against targets ``tb`` (cx, cy, w, h px)."""
         s = layer.scale_x_y
         grid = torch.stack((gi, gj), 1).float()
-        if layer.iou_loss == "mse":
+        if layer.settings.iou_loss == "mse":
             # Darknet: delta = (2 - w*h) * (t - output) on the raw tw, th and on sigmoid(x) (x, y)
             scale = 2.0 - (tb[:, 2] / input_wh[0]) * (tb[:, 3] / input_wh[1])
-            txy = tb[:, :2] / layer.stride - grid
+            txy = tb[:, :2] / layer.out_stride - grid
             txy = (txy + (s - 1) / 2) / s  # the sigmoid value that decodes to the target
             twh = torch.log(tb[:, 2:] / anchor_px)
             # BCE minus its minimum (the target's entropy, no gradient) so that the logged loss is 0 at the optimum
@@ -167,11 +167,11 @@ class YOLOLoss:
         # and dIoU/dw * exp(tw) to tw: the values are the decoded box, the gradients straight-through
         size = torch.tensor(input_wh, device=ps.device, dtype=ps.dtype)
         raw_xy, raw_wh = ps[:, :2], ps[:, 2:4]
-        xy_val = ((raw_xy.detach().sigmoid() * s - (s - 1) / 2) + grid) * layer.stride / size
+        xy_val = ((raw_xy.detach().sigmoid() * s - (s - 1) / 2) + grid) * layer.out_stride / size
         e = torch.exp(raw_wh.detach().clamp(max=8.0))
         xy = xy_val + (raw_xy - raw_xy.detach())
         wh = e * anchor_px / size + e * (raw_wh - raw_wh.detach())
-        return (1.0 - bbox_iou_kind(torch.cat((xy, wh), 1), tb / size.repeat(2), layer.iou_loss)).sum()
+        return (1.0 - bbox_iou_kind(torch.cat((xy, wh), 1), tb / size.repeat(2), layer.settings.iou_loss)).sum()
 
     @staticmethod
     def _best_iou(layer, p: torch.Tensor, img: torch.Tensor, tbox_xyxy: torch.Tensor, batch: int) -> torch.Tensor:

@@ -9,7 +9,8 @@ from torch import nn
 
 from . import blocks  # noqa: F401  (registers every section type)
 from . import weights as weights_io
-from .cfg import ConfigError, Section, parse_cfg, resolve_cfg
+from .cfg import ConfigError, Section, parse_cfg, parse_cfg_text, resolve_cfg
+from .deploy import edit_cfg_text
 from .netconfig import NetConfig
 from .registry import Block, BuildContext, build_block
 
@@ -33,9 +34,10 @@ class Darknet(nn.Module):
         module_list = nn.ModuleList()
         for section in self.sections:
             block = build_block(section, ctx)
+            check_weight_units(block)
             module_list.append(block)
             ctx.channels.append(block.out_channels)
-            ctx.strides.append(block.stride)
+            ctx.strides.append(block.out_stride)
         if warn_unused:
             for section in sections:
                 section.warn_unused()
@@ -45,7 +47,7 @@ class Darknet(nn.Module):
             warnings.warn(f"{self.cfg_path}: no [yolo] section; the model is a backbone only")
         needed = {i for m in module_list for i in m.inputs}
         self._keep = [i in needed for i in range(len(module_list))]
-        self._max_stride = int(max(m.stride for m in module_list))
+        self._max_stride = int(max(m.out_stride for m in module_list))
         self.fused = False
         self.seen = 0
 
@@ -56,7 +58,7 @@ class Darknet(nn.Module):
 
     @property
     def strides(self) -> list[float]:
-        return [m.stride for m in self.yolo_layers]
+        return [m.out_stride for m in self.yolo_layers]
 
     @property
     def max_stride(self) -> int:
@@ -138,9 +140,48 @@ class Darknet(nn.Module):
         return FrozenDarknet(self)
 
     def deploy(self) -> "Darknet":
-        """ACNet branches -> one plain convolution each, in place; cfg_text follows (yolo/deploy.py)."""
-        from .deploy import deploy_model
-        return deploy_model(self)
+        """In place: every block with a ``deploy()`` form (ACNet branches -> one plain convolution)
+        is replaced by it, and ``cfg_text``/``sections`` become the deployed cfg, so
+        ``save_darknet_weights`` writes weights that match that text. Must run before fuse()."""
+        if self.fused:
+            raise RuntimeError("deploy() needs the unfused model (call it before fuse(); "
+                               "fuse() folds the BatchNorms the deployed cfg keeps)")
+        self.eval()
+        edits: dict[int, dict[str, str | None]] = {}
+        for i, block in enumerate(self.module_list):
+            deploy = getattr(block, "deploy", None)
+            if deploy is None:
+                continue
+            new_block, key_edits = deploy()
+            if new_block is not block:
+                new_block.where, new_block.inputs = block.where, block.inputs
+                self.module_list[i] = new_block
+            if key_edits:
+                edits[self.sections[i].line] = key_edits
+        text = edit_cfg_text(self.cfg_text, edits)
+        if edits:
+            text = (f"# Deployed by yolo.deploy from {self.cfg_path.name}: {len(edits)} ACNet/re-parameterised "
+                    f"section(s) fused into plain layers.\n") + text
+        sections = parse_cfg_text(text, f"{self.cfg_path} (deployed)")
+        self.cfg_text = text
+        self.net.section = sections[0]
+        self.sections = sections[1:]
+        self.deployed_sections = sorted(edits)
+        return self
+
+
+def check_weight_units(block: Block) -> None:
+    """Every conv and BatchNorm a block owns must be in its ``weight_units()``, once: a block that
+    forgets one would otherwise read and write a silently wrong ``.weights`` file."""
+    declared = [m for unit in block.weight_units() for m in unit if m is not None]
+    owned = {id(m): name for name, m in block.named_modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))}
+    missing = sorted(set(owned) - {id(m) for m in declared})
+    twice = len(declared) - len({id(m) for m in declared})
+    if missing or twice:
+        what = (f"does not declare {', '.join(owned[i] for i in missing)} in weight_units()" if missing
+                else f"declares {twice} unit(s) twice in weight_units()")
+        raise RuntimeError(f"{block.where}: block [{block.section_type}] ({type(block).__name__}) {what}; "
+                           "its .weights stream would be wrong")
 
 
 class FrozenDarknet(nn.Module):

@@ -1,7 +1,7 @@
 """One registry of block types: the section name is the key, the class says everything.
 
 A block declares, in one class, how it is built from its cfg section
-(``from_section``), what it outputs (``out_channels``, ``stride``), which earlier
+(``from_section``), what it outputs (``out_channels``, ``out_stride``), which earlier
 outputs it reads (``inputs``) and the ordered (conv, batchnorm) units it puts in the
 ``.weights`` stream (``weight_units``). Weights IO, fusion and the model's forward
 loop only ever walk these declarations.
@@ -59,10 +59,10 @@ class Block(nn.Module):
     inputs: tuple[int, ...] = ()  # absolute indices of earlier outputs passed to forward()
     is_output: bool = False  # a [yolo] head: its result is collected, x passes through
 
-    def __init__(self, out_channels: int, stride: float) -> None:
+    def __init__(self, out_channels: int, out_stride: float) -> None:
         super().__init__()
         self.out_channels = out_channels
-        self.stride = stride  # cumulative stride of this block's output w.r.t. the input image
+        self.out_stride = out_stride  # of this block's output w.r.t. the input image (input pixels per output cell)
         self.where = ""
 
     @classmethod

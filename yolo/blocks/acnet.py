@@ -53,6 +53,6 @@ class ACConv(Block):
 
     def deploy(self) -> tuple[Block, dict[str, str | None]]:
         """One plain [convolutional]: batch_normalize=0, BN folded, branches added."""
-        block = Convolutional(self.unit.deployed_unit(keep_bn=False), self.stride)
+        block = Convolutional(self.unit.deployed_unit(keep_bn=False), self.out_stride)
         block.where = self.where
         return block, {"asymmetric": None, "batch_normalize": "0"}

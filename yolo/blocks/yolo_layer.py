@@ -1,12 +1,47 @@
 """[yolo]: anchors, decoding and the loss settings of one detection head (no loss inside)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..cfg import Section
 from ..registry import Block, BuildContext, register
 
 IOU_LOSSES = ("mse", "iou", "giou", "diou", "ciou")
+
+
+@dataclass
+class YoloSettings:
+    """The [yolo] keys only training reads, with Darknet's defaults (``parse_yolo``), stated once."""
+
+    jitter: float = 0.2
+    ignore_thresh: float = 0.5
+    truth_thresh: float = 1.0
+    iou_thresh: float = 1.0
+    random: bool = False  # multiscale training
+    iou_loss: str = "mse"
+    iou_normalizer: float = 0.75
+    cls_normalizer: float = 1.0
+    obj_normalizer: float = 1.0
+    max_delta: float = float("inf")
+    label_smooth_eps: float = 0.0
+    resize: float = 1.0
+    nms_kind: str = "greedynms"
+    beta_nms: float = 0.6
+
+    @classmethod
+    def from_section(cls, s: Section) -> "YoloSettings":
+        d = cls()
+        return cls(
+            jitter=s.float("jitter", d.jitter), ignore_thresh=s.float("ignore_thresh", d.ignore_thresh),
+            truth_thresh=s.float("truth_thresh", d.truth_thresh), iou_thresh=s.float("iou_thresh", d.iou_thresh),
+            random=s.float("random", float(d.random)) != 0, iou_loss=s.choice("iou_loss", IOU_LOSSES, d.iou_loss),
+            iou_normalizer=s.float("iou_normalizer", d.iou_normalizer),
+            cls_normalizer=s.float("cls_normalizer", d.cls_normalizer),
+            obj_normalizer=s.float("obj_normalizer", d.obj_normalizer), max_delta=s.float("max_delta", d.max_delta),
+            label_smooth_eps=s.float("label_smooth_eps", d.label_smooth_eps), resize=s.float("resize", d.resize),
+            nms_kind=s.str("nms_kind", d.nms_kind), beta_nms=s.float("beta_nms", d.beta_nms))
 
 
 @register("yolo")
@@ -23,23 +58,9 @@ class YOLOLayer(Block):
         self.scale_x_y = scale_x_y
         self.new_coords = new_coords
         self._grids: dict[tuple, torch.Tensor] = {}
-        # loss / training settings, typed once here and read by the trainer
-        self.mask: list[int] = []
-        self.all_anchors: list[tuple[float, float]] = []
-        self.jitter = 0.3
-        self.ignore_thresh = 0.5
-        self.truth_thresh = 1.0
-        self.iou_thresh = 1.0
-        self.random = False
-        self.iou_loss = "mse"
-        self.iou_normalizer = 1.0
-        self.cls_normalizer = 1.0
-        self.obj_normalizer = 1.0
-        self.max_delta = float("inf")
-        self.label_smooth_eps = 0.0
-        self.resize = 1.0
-        self.nms_kind = "greedynms"
-        self.beta_nms = 0.6
+        self.mask: list[int] = list(range(len(anchors)))
+        self.all_anchors: list[tuple[float, float]] = [tuple(a) for a in anchors.tolist()]
+        self.settings = YoloSettings()
 
     @property
     def num_anchors(self) -> int:
@@ -72,20 +93,7 @@ class YOLOLayer(Block):
                     s.bool("new_coords", False), ctx.c_in)
         layer.mask = mask
         layer.all_anchors = pairs
-        layer.jitter = s.float("jitter", 0.2)
-        layer.ignore_thresh = s.float("ignore_thresh", 0.5)
-        layer.truth_thresh = s.float("truth_thresh", 1.0)
-        layer.iou_thresh = s.float("iou_thresh", 1.0)
-        layer.random = s.float("random", 0.0) != 0
-        layer.iou_loss = s.choice("iou_loss", IOU_LOSSES, "mse")
-        layer.iou_normalizer = s.float("iou_normalizer", 0.75)
-        layer.cls_normalizer = s.float("cls_normalizer", 1.0)
-        layer.obj_normalizer = s.float("obj_normalizer", 1.0)
-        layer.max_delta = s.float("max_delta", float("inf"))
-        layer.label_smooth_eps = s.float("label_smooth_eps", 0.0)
-        layer.resize = s.float("resize", 1.0)
-        layer.nms_kind = s.str("nms_kind", "greedynms")
-        layer.beta_nms = s.float("beta_nms", 0.6)
+        layer.settings = YoloSettings.from_section(s)
         return layer
 
     def _grid(self, ny: int, nx: int, like: torch.Tensor) -> torch.Tensor:
@@ -121,9 +129,9 @@ class YOLOLayer(Block):
                 xy = xy * s - (s - 1) / 2
             wh = torch.exp(p[..., 2:4]) * anchors
             rest = torch.sigmoid(p[..., 4:])
-        return torch.cat(((xy + grid) * self.stride, wh, rest), -1)
+        return torch.cat(((xy + grid) * self.out_stride, wh, rest), -1)
 
     def extra_repr(self) -> str:
-        return (f"classes={self.num_classes}, anchors={self.anchors.tolist()}, stride={self.stride}, "
+        return (f"classes={self.num_classes}, anchors={self.anchors.tolist()}, stride={self.out_stride}, "
                 f"scale_x_y={self.scale_x_y}")
 
