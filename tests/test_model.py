@@ -173,8 +173,6 @@ def test_bad_input_sizes_are_refused():
 
 
 def test_a_block_that_forgets_a_weight_unit_fails_at_build_naming_its_section(tmp_path):
-    from torch import nn
-
     from yolo.blocks.layers import ConvBN
     from yolo.registry import Block, register
 
