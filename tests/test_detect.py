@@ -15,7 +15,9 @@ import torch
 from yolo import Detector
 from yolo.boxes import box_iou
 from yolo.cli.detect import main
-from yolo.detect import DetectError, detect_source, has_gui, resolve_source
+from yolo.detector import DetectError
+from yolo.outputs import detect_source
+from yolo.sources import has_gui, resolve_source
 from yolo.plots import PALETTE, class_colour, draw_detections, text_colour
 
 # Darknet (AlexeyAB, CPU) `detector test` on dog.jpg with yolo-fastest-1.1: ../shared/README.md
@@ -113,6 +115,22 @@ def test_api_follows_letter_box_and_checks_sizes(tmp_path: Path, fastest_cfg: Pa
         Detector(fastest_cfg, fastest_weights, half=True)
 
 
+def test_api_refuses_what_is_not_an_image(detector: Detector, samples_dir: Path, tmp_path: Path) -> None:
+    """cv2.imread returns None for a missing file: say so, instead of "'NoneType' is not iterable"."""
+    missing = cv2.imread(str(tmp_path / "missing.jpg"))
+    assert missing is None
+    with pytest.raises(DetectError, match="got None; did the image load"):
+        detector(missing)
+    dog = cv2.imread(str(samples_dir / "dog.jpg"))
+    with pytest.raises(DetectError, match="image 1: .*got None; did the image load"):
+        detector([dog, None])
+    with pytest.raises(DetectError, match="got the path 'dog.jpg'; read it first"):
+        detector("dog.jpg")
+    with pytest.raises(DetectError, match="got int"):
+        detector(3)
+    assert detector([]) == []
+
+
 # --- the command line ----------------------------------------------------------------------
 def test_cli_json_and_txt_agree_and_match_darknet(tmp_path: Path, samples_dir: Path,
                                                   capsys: pytest.CaptureFixture) -> None:
@@ -152,7 +170,7 @@ def test_cli_folder_with_unreadable_image(tmp_path: Path, samples_dir: Path, cap
         (src / name).write_bytes((samples_dir / name).read_bytes())
     (src / "broken.jpg").write_bytes(b"this is not a JPEG")
     out = tmp_path / "out"
-    with caplog.at_level(logging.WARNING, logger="yolo.detect"):
+    with caplog.at_level(logging.WARNING, logger="yolo.outputs"):
         rc = main(["--source", str(src), "--output", str(out), "--no-progress", "--batch-size", "2",
                    "--workers", "0"])
     assert rc == 0
@@ -298,6 +316,23 @@ def test_resolve_source_kinds(tmp_path: Path, samples_dir: Path, video: Path) ->
     (tmp_path / "notes.doc").write_text("x")
     with pytest.raises(DetectError, match="unknown source type"):
         resolve_source(tmp_path / "notes.doc")
+
+
+def test_txt_list_resolves_against_its_folder_then_the_current_directory(
+        tmp_path: Path, samples_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    lists, cwd = tmp_path / "lists", tmp_path / "cwd"
+    (lists / "imgs").mkdir(parents=True)
+    (cwd / "imgs").mkdir(parents=True)
+    dog = (samples_dir / "dog.jpg").read_bytes()
+    for folder in (lists, cwd):
+        (folder / "imgs" / "both.jpg").write_bytes(dog)  # beside the list and in the current dir
+    (cwd / "imgs" / "cwd_only.jpg").write_bytes(dog)
+    listing = lists / "list.txt"
+    listing.write_text("imgs/both.jpg\nimgs/cwd_only.jpg\n")
+    monkeypatch.chdir(cwd)
+    paths = resolve_source(listing).paths
+    assert paths[0] == lists / "imgs" / "both.jpg"  # the list's folder wins
+    assert paths[1].resolve() == cwd / "imgs" / "cwd_only.jpg"  # then the current directory
 
 
 def test_draw_colours_and_labels() -> None:

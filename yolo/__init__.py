@@ -1,8 +1,8 @@
 """Darknet-cfg YOLOv3 family in PyTorch."""
 from .cfg import ConfigError, parse_cfg
 from .model import Darknet
-from .detect import Detector
+from .detector import DetectError, Detector
 from .weights import WeightsError
 
-__all__ = ["ConfigError", "Darknet", "Detector", "WeightsError", "parse_cfg"]
+__all__ = ["ConfigError", "Darknet", "DetectError", "Detector", "WeightsError", "parse_cfg"]
 __version__ = "0.1.0"

@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Sequence
 
 from ..cfg import REPO_ROOT
-from ..detect import Detector, DetectError, Summary, detect_source, resolve_source
+from ..detector import DetectError, Detector
+from ..outputs import Summary, detect_source
+from ..sources import resolve_source
 from .common import ArgumentParser, add_model_args, UserError, increment_dir, parse_device, user_errors
 
 DEFAULT_SOURCE = REPO_ROOT / "data" / "samples"
@@ -61,8 +63,6 @@ def image_size(text: str) -> list[int]:
 def run(args: argparse.Namespace) -> Summary:
     """Build the detector from parsed arguments and run it; the CLI's whole job."""
     device = parse_device(args.device)
-    if args.half and device.type != "cuda":
-        raise UserError("--half needs a CUDA device (--device cuda); fp16 on CPU is not supported")
     if args.batch_size < 1 or args.workers < 0:
         raise UserError(f"--batch-size must be positive and --workers >= 0, got {args.batch_size}, {args.workers}")
     source = resolve_source(args.source)  # before loading the model: a typo fails fast
