@@ -1,0 +1,280 @@
+"""Darknet's layer table: what Darknet prints when it loads a cfg, figure for figure.
+
+    python -m yolo.info CFG [--img-size W [H]]
+
+One row per section: index, type, filters, size/stride(dilation), input -> output
+(W x H x C) and BFLOPs, then Darknet's ``Total BFLOPS``, the parameter count and the size
+of the ``.weights`` file the network reads and writes.
+
+BFLOPs are counted as Darknet counts them (a multiply-add is 2 operations):
+
+* ``[convolutional]``: ``2 * (C_in / groups) * filters * kh * kw * out_h * out_w / 1e9``
+  (``l.bflops`` in Darknet's ``convolutional_layer.c``);
+* ``[maxpool]``: ``size * size * C * out_h * out_w / 1e9`` (``maxpool_layer.c``);
+* ``[shortcut]``: ``out_w * out_h * out_c * n / 1e9``, ``n`` = number of ``from`` layers
+  (``shortcut_layer.c``);
+* ``[route]``, ``[upsample]``, ``[dropout]``, ``[yolo]``: 0;
+* sections Darknet does not have (``asymmetric=1`` ACNet, ``[res2net]``, ``[triangle]``,
+  ``[bottleneck]``, ``[scbottleneck]``): the sum of their internal convolutions by the
+  convolution rule (pools, sums and gates inside them are not counted).
+
+Shapes come from running the network once on a ``meta`` tensor (no memory, no arithmetic)
+with forward hooks on every section and every ``nn.Conv2d``, so the table follows whatever
+the blocks actually compute; the model's own weights are not touched.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .cli.common import ArgumentParser, UserError, user_errors
+
+HEADER = "   layer   type          filters  size/strd(dil)      input                  output"
+
+# Section types that Darknet itself does not have: their BFLOPs are their convolutions' sum.
+COMPOSITE = {"res2net", "triangle", "bottleneck", "scbottleneck"}
+
+
+@dataclass
+class LayerRow:
+    """One line of the table. Shapes are (W, H, C), as Darknet prints them."""
+
+    index: int
+    type: str  # Darknet's short name: conv, max, route, shortcut, upsample, dropout, yolo, ...
+    filters: str  # the filters column: "16", "32/ 32" (groups), route's layer list
+    size: str  # the size/stride(dilation) column: " 3 x 3/ 1", "2x 2/ 2", " 2x"
+    input: tuple[int, int, int] | None
+    output: tuple[int, int, int]
+    bflops: float
+    params: int = 0  # trainable parameters of this section
+    convs: list[tuple[str, float]] = field(default_factory=list)  # (description, BFLOPs) inside
+
+    @property
+    def text(self) -> str:
+        shape_in = _shape(self.input) if self.input is not None else " " * 19
+        return (f"{self.index:4d} {self.type:<12s} {self.filters:>10s} {self.size:<15s} "
+                f"{shape_in} -> {_shape(self.output)} {self.bflops:6.3f} BF")
+
+
+def _shape(s: tuple[int, int, int]) -> str:
+    return f"{s[0]:4d} x{s[1]:4d} x{s[2]:4d}"
+
+
+def _whc(t: torch.Tensor) -> tuple[int, int, int]:
+    return int(t.shape[3]), int(t.shape[2]), int(t.shape[1])
+
+
+def conv_bflops(conv: nn.Conv2d, out_h: int, out_w: int) -> float:
+    """Darknet's ``l.bflops`` of a convolution: 2 * weights * output positions / 1e9."""
+    kh, kw = conv.kernel_size
+    weights = conv.in_channels // conv.groups * conv.out_channels * kh * kw
+    return 2.0 * weights * out_h * out_w / 1e9
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _conv_text(conv: nn.Conv2d) -> tuple[str, str]:
+    """(filters column, size column) of a convolution, in Darknet's formats."""
+    n, g = conv.out_channels, conv.groups
+    filters = f"{n:d}/{g:4d}" if g > 1 else f"{n:d}"
+    (kh, kw), (sy, sx), (dy, _) = conv.kernel_size, _pair(conv.stride), _pair(conv.dilation)
+    size = f"{kh:2d} x{kw:2d}/{sx:2d}" if sy == sx else f"{kh:2d} x{kw:2d}/{sx:2d}x{sy:2d}"
+    if dy > 1:
+        size += f"({dy:d})"
+    return filters, size
+
+
+class _Done(Exception):
+    """Raised by the last section's hook to end the shape run."""
+
+
+def _run_shapes(model: nn.Module, size: tuple[int, int]):
+    """Run the model once on a meta tensor of (width, height); returns per-section records.
+
+    Each record: (input tensor, output tensor, [(conv, output tensor)]). The model's own
+    parameters stay where they are (``functional_call`` swaps in meta copies for the call).
+    """
+    width, height = size
+    blocks = list(model.module_list)
+    records: list[list] = [[None, None, []] for _ in blocks]
+    current: list[int] = [-1]
+    handles = []
+
+    def block_pre(i):
+        def hook(_module, args):
+            current[0] = i
+        return hook
+
+    def block_post(i):
+        def hook(_module, args, output):
+            records[i][0] = args[0] if args else None
+            records[i][1] = output
+            if i == len(blocks) - 1:
+                raise _Done  # every shape is known; skip the model's own output assembly
+        return hook
+
+    def conv_post(conv, _args, output):
+        if current[0] >= 0:
+            records[current[0]][2].append((conv, output))
+
+    for i, block in enumerate(blocks):
+        handles.append(block.register_forward_pre_hook(block_pre(i)))
+        handles.append(block.register_forward_hook(block_post(i)))
+        for m in block.modules():
+            if isinstance(m, nn.Conv2d):
+                handles.append(m.register_forward_hook(conv_post))
+    meta = {name: torch.empty_like(t, device="meta")
+            for name, t in list(model.named_parameters()) + list(model.named_buffers())}
+    channels = model.net.channels
+    was_training = model.training
+    model.eval()
+    try:
+        x = torch.empty(1, channels, height, width, device="meta")
+        with torch.no_grad():
+            torch.func.functional_call(model, meta, (x,), strict=False)
+    except _Done:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return records
+
+
+def check_size(model: nn.Module, size: tuple[int, int]) -> None:
+    width, height = size
+    if width < 1 or height < 1:
+        raise UserError(f"--img-size must be positive, got {width}x{height}")
+    try:
+        model.check_input(torch.empty(1, model.net.channels, height, width, device="meta"))
+    except ValueError as e:
+        raise UserError(f"--img-size {width} {height}: {e}") from None
+
+
+def layer_table(model: nn.Module, size: tuple[int, int] | int | None = None) -> list[LayerRow]:
+    """Darknet's layer table of ``model`` at input ``size`` = (width, height) (default: [net]).
+
+    Reusable by any report (pruning, export): each row has the figures Darknet prints.
+    """
+    if size is None:
+        size = (model.net.width, model.net.height)
+    elif isinstance(size, int):
+        size = (size, size)
+    size = (int(size[0]), int(size[1]))
+    check_size(model, size)
+    records = _run_shapes(model, size)
+    rows = []
+    for i, (block, section, (x, y, convs)) in enumerate(zip(model.module_list, model.sections, records)):
+        kind = section.type
+        inp = _whc(x) if isinstance(x, torch.Tensor) and x.dim() == 4 else None
+        # a [yolo] head returns decoded boxes; its map (what Darknet prints) is its input
+        out = _whc(y) if isinstance(y, torch.Tensor) and y.dim() == 4 else (inp or (0, 0, 0))
+        inner = [(f"{c.out_channels} {c.kernel_size[0]}x{c.kernel_size[1]}",
+                  conv_bflops(c, int(o.shape[2]), int(o.shape[3]))) for c, o in convs]
+        params = sum(p.numel() for p in block.parameters())
+        conv_sum = sum(b for _, b in inner)
+        inputs = list(getattr(block, "inputs", ()) or ())
+        if kind in ("convolutional", "conv"):
+            filters, sz = _conv_text(convs[0][0])
+            name = "conv" if len(convs) == 1 else "conv-ac"  # ACNet: square + 1xk + kx1 summed
+            row = LayerRow(i, name, filters, sz, inp, out, conv_sum)
+        elif kind == "maxpool":
+            k, s = block.size, block.step
+            row = LayerRow(i, "max", "", f"{k:2d}x{k:2d}/{s:2d}", inp, out,
+                           k * k * out[2] * out[0] * out[1] / 1e9)
+        elif kind == "shortcut":
+            n = max(1, len(inputs))
+            row = LayerRow(i, "shortcut", " ".join(str(j) for j in inputs), "", inp, out,
+                           out[0] * out[1] * out[2] * n / 1e9)
+        elif kind == "route":
+            layers = " ".join(str(j) for j in inputs)
+            groups = section.int("groups", 1)
+            if groups > 1:
+                layers += f" {section.int('group_id', 0)}/{groups}"
+            row = LayerRow(i, "route", layers, "", None, out, 0.0)
+        elif kind == "upsample":
+            factor = out[0] // inp[0] if inp and inp[0] else 0
+            row = LayerRow(i, "upsample", "", f"{factor:2d}x", inp, out, 0.0)
+        elif kind == "dropout":
+            row = LayerRow(i, "dropout", "", f"p = {block.drop.p:.2f}", inp, out, 0.0)
+        elif kind == "yolo":
+            row = LayerRow(i, "yolo", "", "", inp, out, 0.0)
+        else:  # composite blocks and anything else: the sum of its convolutions
+            stride = inp[0] // out[0] if inp and out[0] and inp[0] >= out[0] else 1
+            row = LayerRow(i, kind, str(out[2]), f"  /{stride:2d}", inp, out, conv_sum)
+        row.params = params
+        row.convs = inner if len(inner) > 1 else []
+        rows.append(row)
+    return rows
+
+
+def total_bflops(rows_or_model, size: tuple[int, int] | int | None = None) -> float:
+    """Darknet's ``Total BFLOPS``: the sum over the rows (or over ``layer_table(model, size)``)."""
+    rows = rows_or_model if isinstance(rows_or_model, list) else layer_table(rows_or_model, size)
+    return sum(r.bflops for r in rows)
+
+
+def weights_file_bytes(model: nn.Module) -> int:
+    """Size of the model's Darknet ``.weights`` file: 20-byte header (0.2.5) + float32 stream."""
+    return 20 + 4 * model.num_weight_floats()
+
+
+def report(model: nn.Module, size: tuple[int, int] | int | None = None) -> str:
+    """The whole printout: header, rows, totals (as ``python -m yolo.info`` prints it)."""
+    rows = layer_table(model, size)
+    lines = [HEADER] + [r.text for r in rows]
+    total = total_bflops(rows)
+    params = sum(p.numel() for p in model.parameters())
+    floats = model.num_weight_floats()
+    size_bytes = weights_file_bytes(model)
+    w, h = (model.net.width, model.net.height) if size is None else (
+        (size, size) if isinstance(size, int) else size)
+    lines += [f"Total BFLOPS {total:5.3f} (input {w}x{h})",
+              f"parameters: {params:,} trainable; .weights: {floats:,} floats, "
+              f"{size_bytes:,} bytes ({size_bytes / 2**20:.2f} MiB)"]
+    return "\n".join(lines)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = ArgumentParser(prog="python -m yolo.info",
+                       description="Print Darknet's layer table (shapes, BFLOPs per layer, total), "
+                                   "the parameter count and the .weights size of a cfg.")
+    p.add_argument("cfg", help="Darknet cfg (path, or a name in cfg/)")
+    p.add_argument("--img-size", type=int, nargs="+", metavar=("W", "H"),
+                   help="input width [height] (default: the cfg's [net] width/height)")
+    return p
+
+
+def parse_size(values: Sequence[int] | None) -> tuple[int, int] | None:
+    if not values:
+        return None
+    if len(values) > 2:
+        raise UserError(f"--img-size takes W or W H, got {len(values)} numbers")
+    return (values[0], values[-1])
+
+
+@user_errors()
+def main(argv: Sequence[str] | None = None) -> int:
+    import warnings
+
+    from .model import Darknet
+
+    args = get_args_parser().parse_args(argv)
+    size = parse_size(args.img_size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # unused keys, no [yolo]: not the table's business
+        model = Darknet(Path(args.cfg) if Path(args.cfg).exists() else args.cfg, warn_unused=False)
+    print(report(model, size))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
