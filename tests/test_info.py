@@ -124,10 +124,16 @@ def test_acnet_and_composites_sum_their_convolutions():
 
 
 def test_table_leaves_the_model_untouched():
-    model = _model(ROOT / "cfg" / "yolov3-tiny.cfg").train()
+    model = _model(ROOT / "cfg" / "yolov3-tiny.cfg").eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+    model.train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     layer_table(model, 320)
     assert model.training
+    with torch.no_grad():  # nothing cached on the meta device during the shape run
+        assert torch.equal(model.eval()(x), expected)
     after = model.state_dict()
     assert all(after[k].device.type == "cpu" and torch.equal(after[k], v) for k, v in before.items())
     assert weights_file_bytes(model) == 20 + 4 * model.num_weight_floats()

@@ -137,11 +137,25 @@ def _run_shapes(model: nn.Module, size: tuple[int, int]):
     was_training = model.training
     model.eval()
     try:
-        x = torch.empty(1, channels, height, width, device="meta")
-        with torch.no_grad():
-            torch.func.functional_call(model, meta, (x,), strict=False)
-    except _Done:
-        pass
+        try:
+            x = torch.empty(1, channels, height, width, device="meta")
+            with torch.no_grad():
+                torch.func.functional_call(model, meta, (x,), strict=False)
+        except _Done:
+            pass
+        except (NotImplementedError, RuntimeError):
+            # a block that needs real data: run once on zeros where the model lives (eval, no_grad)
+            for r in records:
+                r[0], r[1], r[2] = None, None, []
+            try:
+                p = next(model.parameters(), None)
+                x = torch.zeros(1, channels, height, width,
+                                device=p.device if p is not None else "cpu",
+                                dtype=p.dtype if p is not None else torch.float32)
+                with torch.no_grad():
+                    model(x)
+            except _Done:
+                pass
     finally:
         for h in handles:
             h.remove()
