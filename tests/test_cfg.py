@@ -51,7 +51,7 @@ def line_of(path: Path, needle: str) -> int:
     ("[dropout]", "[dropoutt]", "[dropoutt]", "unknown section type"),
     ("[route]\nlayers=-4", "[route]\nlayer=-4", "layer=-4", "missing required key 'layers'"),  # header
     ("filters=8", "filters=eight", "filters=eight", "expected an integer, got 'eight'"),
-    ("probability=0.1", "probability=high", "probability=high", "expected a number"),
+    ("probability=0.1", "probability=high", "probability=high", "expected a finite number"),
     ("layers=-1, 2", "layers=-1, 20", "layers=-1, 20", "outside layers 0..11"),
     ("from=-2", "from=-9", "from=-9", "outside layers"),
     ("filters=21", "filters=24", "[yolo]", "need 3 * (2 + 5) = 21"),

@@ -6,6 +6,7 @@ file and line it came from, so a malformed value is reported where it was writte
 """
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,7 +62,7 @@ class Section:
             raw = self.options[key]
             try:
                 self._cache[cache_key] = convert(raw)
-            except (ValueError, TypeError):
+            except (ValueError, TypeError, OverflowError):
                 raise self.error(f"expected {kind}, got '{raw}'", key) from None
         return self._cache[cache_key]
 
@@ -69,7 +70,7 @@ class Section:
         return self._get(key, default, "an integer", _to_int)
 
     def float(self, key: str, default: Any = _REQUIRED) -> float:
-        return self._get(key, default, "a number", float)
+        return self._get(key, default, "a finite number", _to_float)
 
     def bool(self, key: str, default: Any = _REQUIRED) -> bool:
         return self._get(key, default, "0 or 1", _to_bool)
@@ -83,7 +84,7 @@ class Section:
 
     def floats(self, key: str, default: Any = _REQUIRED) -> list[float]:
         return self._get(key, default, "a comma-separated list of numbers",
-                         lambda s: [float(v) for v in _split(s)])
+                         lambda s: [_to_float(v) for v in _split(s)])
 
     def choice(self, key: str, choices: Sequence[str], default: Any = _REQUIRED) -> str:
         value = self.str(key, default)
@@ -116,15 +117,28 @@ def _split(text: str) -> list[str]:
     return [p for p in parts if p]
 
 
+INT_LIMIT = 2**31  # Darknet reads ints into a C int
+
+
+def _to_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
+
+
 def _to_int(text: str) -> int:
     text = text.strip()
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
-        value = float(text)  # Darknet's atoi accepts "1.0"-style; refuse fractions
-        if value != int(value):
+        number = _to_float(text)  # Darknet's atoi accepts "1.0"-style; refuse fractions
+        if number != int(number):
             raise
-        return int(value)
+        value = int(number)
+    if not -INT_LIMIT < value < INT_LIMIT:
+        raise ValueError(text)
+    return value
 
 
 def _to_bool(text: str) -> bool:
@@ -188,7 +202,16 @@ def parse_cfg_text(text: str, file: str = "<string>") -> list[Section]:
     return sections
 
 
+def read_cfg_text(path: Path) -> str:
+    """The cfg's text (a UTF-8 byte-order mark is dropped); a binary file is a ConfigError."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a text cfg file (undecodable byte at offset {e.start})") from None
+
+
 def parse_cfg(path: str | Path) -> list[Section]:
     path = resolve_cfg(path)
-    return parse_cfg_text(path.read_text(), str(path))
+    return parse_cfg_text(read_cfg_text(path), str(path))
 

@@ -1,6 +1,7 @@
 """Darknet: the nn.Module built from a cfg by the block registry."""
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -9,10 +10,10 @@ from torch import nn
 
 from . import blocks  # noqa: F401  (registers every section type)
 from . import weights as weights_io
-from .cfg import ConfigError, Section, parse_cfg, parse_cfg_text, resolve_cfg
+from .cfg import ConfigError, Section, parse_cfg_text, read_cfg_text, resolve_cfg
 from .deploy import edit_cfg_text
 from .netconfig import NetConfig
-from .registry import Block, BuildContext, build_block
+from .registry import Block, BuildContext, build_block, infer_shapes
 
 
 class Darknet(nn.Module):
@@ -23,21 +24,21 @@ class Darknet(nn.Module):
     class probabilities; rows by [yolo] layer, anchor, grid row, grid column.
     """
 
-    def __init__(self, cfg: str | Path, warn_unused: bool = True) -> None:
+    def __init__(self, cfg: str | Path, warn_unused: bool = True, max_bytes: int | None = None) -> None:
+        """``max_bytes``: refuse a network whose parameters plus activations at the [net] size
+        (batch 1) need more memory than this (default: this machine's physical memory)."""
         super().__init__()
         self.cfg_path = resolve_cfg(cfg)
-        self.cfg_text = self.cfg_path.read_text()
-        sections = parse_cfg(self.cfg_path)
+        self.cfg_text = read_cfg_text(self.cfg_path)
+        sections = parse_cfg_text(self.cfg_text, str(self.cfg_path))
         self.net = NetConfig.from_section(sections[0])
         self.sections: list[Section] = sections[1:]
-        ctx = BuildContext(self.net.channels, input_size=(self.net.height, self.net.width))
-        module_list = nn.ModuleList()
-        for section in self.sections:
-            block = build_block(section, ctx)
-            check_weight_units(block)
-            module_list.append(block)
-            ctx.channels.append(block.out_channels)
-            ctx.strides.append(block.out_stride)
+        if not self.sections:
+            raise ConfigError(f"{self.cfg_path}: no layers after [net] (the file may be cut short)")
+        with torch.device("meta"):  # shapes and sizes first: nothing is allocated for a bad cfg
+            plan = self._build_blocks()
+        self.shapes = check_plan(plan, self.net, max_bytes)
+        module_list = self._build_blocks()
         if warn_unused:
             for section in sections:
                 section.warn_unused()
@@ -50,6 +51,22 @@ class Darknet(nn.Module):
         self._max_stride = int(max(m.out_stride for m in module_list))
         self.fused = False
         self.seen = 0
+
+    def _build_blocks(self) -> nn.ModuleList:
+        ctx = BuildContext(self.net.channels, input_size=(self.net.height, self.net.width))
+        module_list = nn.ModuleList()
+        for section in self.sections:
+            block = build_block(section, ctx)
+            check_weight_units(block)
+            module_list.append(block)
+            ctx.channels.append(block.out_channels)
+            ctx.strides.append(block.out_stride)
+        return module_list
+
+    def output_shapes(self, height: int, width: int) -> list[tuple[int, int, int]]:
+        """(channels, height, width) of every section's output for a ``height`` x ``width``
+        input, computed without running the network (ConfigError where maps cannot join)."""
+        return infer_shapes(list(self.module_list), (self.net.channels, height, width))
 
     # --- properties -----------------------------------------------------------------
     @property
@@ -168,6 +185,41 @@ class Darknet(nn.Module):
         self.sections = sections[1:]
         self.deployed_sections = sorted(edits)
         return self
+
+
+def physical_memory() -> int:
+    """Bytes of RAM on this machine (a generous ceiling for one network at batch 1)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 40
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.3g} GiB"
+
+
+def check_plan(plan: nn.ModuleList, net: NetConfig, max_bytes: int | None) -> list[tuple[int, int, int]]:
+    """Checks a network built on the meta device: shapes at the [net] size, a max stride the
+    [net] size is a multiple of, and memory (float32 parameters + batch-1 activations)."""
+    shapes = infer_shapes(list(plan), (net.channels, net.height, net.width))
+    limit = physical_memory() if max_bytes is None else max_bytes
+    total = 0
+    for block, (c, h, w) in zip(plan, shapes):
+        need = 4 * (c * h * w + sum(p.numel() for p in block.parameters()))
+        if need > limit:
+            raise ConfigError(f"{block.where}: needs {_gib(need)} (output {c}x{h}x{w} plus parameters, float32) "
+                              f"at the [net] size {net.width}x{net.height}, more than the limit {_gib(limit)}")
+        total += need
+    if total > limit:
+        raise ConfigError(f"{net.section.where() if net.section else '[net]'}: the network needs {_gib(total)} "
+                          f"(parameters plus activations at {net.width}x{net.height}), more than the limit {_gib(limit)}")
+    stride = int(max(b.out_stride for b in plan))
+    if stride >= 1 and (net.width % stride or net.height % stride):
+        where = net.section.where("width") if net.section else "[net]"
+        raise ConfigError(f"{where}: width={net.width}, height={net.height} must be multiples of the network's "
+                          f"stride {stride} (its deepest map)")
+    return shapes
 
 
 def check_weight_units(block: Block) -> None:

@@ -9,13 +9,22 @@ loop only ever walk these declarations.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 from torch import nn
 
 from .cfg import ConfigError, Section
 
 WeightUnit = tuple[nn.Conv2d, Optional[nn.BatchNorm2d]]
+
+
+@dataclass(frozen=True)
+class RefMap:
+    """An earlier output a block reads: its layer index, section (for messages) and map size."""
+
+    index: int
+    where: str
+    hw: tuple[int, int]
 
 
 @dataclass
@@ -62,12 +71,24 @@ class Block(nn.Module):
     def __init__(self, out_channels: int, out_stride: float) -> None:
         super().__init__()
         self.out_channels = out_channels
-        self.out_stride = out_stride  # of this block's output w.r.t. the input image (input pixels per output cell)
+        self.out_stride = out_stride
+        self.in_stride = 1.0  # set by build_block: the stride of this block's (main) input  # of this block's output w.r.t. the input image (input pixels per output cell)
         self.where = ""
 
     @classmethod
     def from_section(cls, section: Section, ctx: BuildContext) -> "Block":
         raise NotImplementedError
+
+    def out_hw(self, in_hw: tuple[int, int], refs: list[RefMap]) -> tuple[int, int]:
+        """(height, width) of the output for an input map of ``in_hw`` and earlier outputs
+        ``refs`` (those named by ``inputs``). Default: a same-padded block that steps by
+        ``out_stride / in_stride`` (ceil division, as a 3x3 pad-1 stride-s convolution does),
+        or upsamples by its inverse. Blocks with other geometry override this; blocks that
+        join maps check them here and raise a ConfigError naming both sections."""
+        step = self.out_stride / self.in_stride
+        if step >= 1:
+            return -(-in_hw[0] // round(step)), -(-in_hw[1] // round(step))
+        return in_hw[0] * round(1 / step), in_hw[1] * round(1 / step)
 
     def weight_units(self) -> Iterator[WeightUnit]:
         """(conv, bn or None) pairs in ``.weights`` stream order; none by default."""
@@ -121,4 +142,21 @@ def build_block(section: Section, ctx: BuildContext) -> Block:
             factory = variant
     block = factory(section, ctx)
     block.where = section.where()
+    block.in_stride = ctx.stride_in
     return block
+
+
+def infer_shapes(blocks: Sequence[Block], in_chw: tuple[int, int, int]) -> list[tuple[int, int, int]]:
+    """(channels, height, width) of every block's output for an input of ``in_chw``, without
+    running anything: joins of maps that disagree and maps under one pixel are ConfigErrors
+    naming the sections, found before any tensor is allocated."""
+    shapes: list[tuple[int, int, int]] = []
+    hw = in_chw[1:]
+    for i, block in enumerate(blocks):
+        refs = [RefMap(j, blocks[j].where, shapes[j][1:]) for j in block.inputs]
+        hw = block.out_hw(hw, refs)
+        if min(hw) < 1:
+            raise ConfigError(f"{block.where}: the map shrinks to {hw[1]}x{hw[0]} (w x h) at input "
+                              f"{in_chw[2]}x{in_chw[1]}: nothing left to compute on")
+        shapes.append((block.out_channels, *hw))
+    return shapes

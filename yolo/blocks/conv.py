@@ -9,7 +9,7 @@ from torch import nn
 
 from ..cfg import Section
 from ..registry import Block, BuildContext, WeightUnit, register
-from .layers import ConvBN, make_activation
+from .layers import ConvBN, conv_out_hw, make_activation
 
 @dataclass
 class ConvSpec:
@@ -63,6 +63,9 @@ class Convolutional(Block):
         unit = ConvBN(ctx.c_in, spec.filters, spec.size, spec.stride, spec.padding * spec.dilation,
                       spec.groups, spec.dilation, spec.bn, spec.act)
         return cls(unit, ctx.stride_in * spec.stride)
+
+    def out_hw(self, in_hw: tuple[int, int], refs: list) -> tuple[int, int]:
+        return conv_out_hw(self.unit.conv, in_hw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.unit(x)

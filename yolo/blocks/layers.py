@@ -99,6 +99,12 @@ class ConvBN(nn.Module):
         self.conv, self.bn = conv_with(*fold_bn(self.conv, self.bn), like=self.conv), None
 
 
+def conv_out_hw(conv: nn.Conv2d, in_hw: tuple[int, int]) -> tuple[int, int]:
+    """Output map size of ``conv`` on an ``in_hw`` input (PyTorch's and Darknet's formula)."""
+    return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1  # type: ignore[return-value]
+                 for n, k, s, p, d in zip(in_hw, conv.kernel_size, conv.stride, conv.padding, conv.dilation))
+
+
 def conv_with(kernel: torch.Tensor, bias: torch.Tensor | None, like: nn.Conv2d | None = None, *,
               stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0, dilation: int = 1,
               groups: int = 1) -> nn.Conv2d:

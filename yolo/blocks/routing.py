@@ -5,9 +5,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..cfg import Section
-from ..registry import Block, BuildContext, register
+from ..cfg import ConfigError, Section
+from ..registry import Block, BuildContext, RefMap, register
 from .layers import make_activation
+
+
+def _wxh(hw: tuple[int, int]) -> str:
+    return f"{hw[1]}x{hw[0]}"
 
 
 @register("route")
@@ -46,6 +50,15 @@ class Route(Block):
         block.whole = groups == 1
         return block
 
+    def out_hw(self, in_hw: tuple[int, int], refs: list[RefMap]) -> tuple[int, int]:
+        first = refs[0]
+        for r in refs[1:]:
+            if r.hw != first.hw:
+                raise ConfigError(f"{self.where}: cannot concatenate layer {first.index} ({first.where}, "
+                                  f"{_wxh(first.hw)}) with layer {r.index} ({r.where}, {_wxh(r.hw)}): "
+                                  "their maps differ in size")
+        return first.hw
+
     def forward(self, x: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
         if not self.whole:
             refs = [r[:, a:b] for r, (a, b) in zip(refs, self.slices)]
@@ -77,6 +90,13 @@ class Shortcut(Block):
                 raise s.error(f"layer {i} has stride {ctx.strides[i]}, this input has "
                               f"{ctx.stride_in}: the maps cannot be added", "from")
         return cls(inputs, ctx.c_in, [ctx.channels[i] for i in inputs], act, ctx.stride_in)
+
+    def out_hw(self, in_hw: tuple[int, int], refs: list[RefMap]) -> tuple[int, int]:
+        for r in refs:
+            if r.hw != in_hw:
+                raise ConfigError(f"{self.where}: cannot add layer {r.index} ({r.where}, {_wxh(r.hw)}) to "
+                                  f"this section's input ({_wxh(in_hw)}): their maps differ in size")
+        return in_hw
 
     def forward(self, x: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
         for r, c in zip(refs, self.ref_channels):
@@ -127,6 +147,9 @@ class MaxPool(Block):
         if size < 1 or step < 1 or padding < 0:
             raise s.error(f"needs size >= 1, stride >= 1, padding >= 0; got {size}, {step}, {padding}")
         return cls(ctx.c_in, size, step, padding, ctx.stride_in * step)
+
+    def out_hw(self, in_hw: tuple[int, int], refs: list[RefMap]) -> tuple[int, int]:
+        return tuple((n + self.padding - self.size) // self.step + 1 for n in in_hw)  # type: ignore[return-value]
 
     def _side(self, n: int) -> tuple[int, int]:
         """(low, high) padding actually reached by Darknet's windows on a side of length n."""

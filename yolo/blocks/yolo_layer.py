@@ -59,7 +59,7 @@ class YOLOLayer(Block):
         self.new_coords = new_coords
         self._grids: dict[tuple, torch.Tensor] = {}
         self.mask: list[int] = list(range(len(anchors)))
-        self.all_anchors: list[tuple[float, float]] = [tuple(a) for a in anchors.tolist()]
+        self.all_anchors: list[tuple[float, float]] = []  # every anchor of the [yolo] section (set by from_section)
         self.settings = YoloSettings()
 
     @property
