@@ -7,6 +7,10 @@ curves by slicing COCOeval's own ``precision`` array (shape [T, R, K, A, M]: IoU
 exactly as ``summarize()`` does for all classes.
 
 Pre- and post-processing are ``boxes.fit_image`` / ``boxes.postprocess``: the same code as detect.
+
+``metric="darknet"`` adds Darknet's own ``detector map`` report (:mod:`yolo.darknet_map`) on
+the same detections, with Darknet's settings: candidates above 0.005, NMS 0.45, no cap on
+detections per image, boxes not clipped to the image, crowd boxes left out of the truth.
 """
 from __future__ import annotations
 
@@ -22,9 +26,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .boxes import box_convert, denormalize_boxes, postprocess
+from .boxes import Geometry, box_convert, denormalize_boxes, postprocess
+from .darknet_map import POINTS, darknet_letterbox_placement, darknet_map, darknet_nms, darknet_resize
 from .plots import plot_pr_curves
 from .datasets import DataWarning, DatasetInfo, ImageRecord, Problems
+from .io import imread
 from .loaders import EvalDataset, collate_eval, worker_init
 
 STAT_NAMES = [
@@ -72,6 +78,20 @@ def ground_truth_as_detections(gt: dict[str, Any]) -> np.ndarray:
     """Every non-crowd ground-truth box as a detection with score 1 (a check of the conversion)."""
     rows = [[a["image_id"], *a["bbox"], 1.0, a["category_id"]] for a in gt["annotations"] if not a["iscrowd"]]
     return np.asarray(rows, np.float64).reshape(-1, 7)
+
+
+def darknet_ground_truth(records: Sequence[ImageRecord], sizes_hw: Sequence[tuple[int, int]]
+                         ) -> list[np.ndarray]:
+    """Each image's non-crowd truth as ``(M, 5)`` x1, y1, x2, y2, class in pixels (Darknet-form
+    labels cannot mark crowd boxes, so both dataset forms give Darknet's figures)."""
+    out = []
+    for rec, (h, w) in zip(records, sizes_hw):
+        lab = rec.labels[~rec.crowd.astype(bool)].astype(np.float64)
+        rows = np.empty((len(lab), 5))
+        rows[:, :4] = box_convert(denormalize_boxes(lab[:, 1:5], w, h), "cxcywh", "xyxy")
+        rows[:, 4] = lab[:, 0]
+        out.append(rows)
+    return out
 
 
 def detections_to_json(dets: np.ndarray) -> list[dict[str, Any]]:
@@ -128,6 +148,28 @@ def per_class_ap(ev: Any, info: DatasetInfo, gt: dict[str, Any]) -> dict[str, di
     return out
 
 
+class DarknetEvalDataset(EvalDataset):
+    """Images resized as Darknet's ``detector map`` does (:func:`darknet_resize`, float, corner
+    aligned; ``letterbox_image`` with grey 0.5 when ``letter_box``), as float32 HWC BGR 0..255."""
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray | None, int, Geometry | str, float]:
+        t0 = time.perf_counter()
+        img, reason = imread(self.records[i].path)
+        if img is None:
+            return None, i, reason, time.perf_counter() - t0
+        h0, w0 = img.shape[:2]
+        h, w = self.size_hw
+        if not self.letter_box:
+            out = darknet_resize(img, w, h)
+            geom = Geometry((h0, w0), (w / w0, h / h0), (0.0, 0.0))
+        else:
+            nw, nh, left, top = darknet_letterbox_placement((w0, h0), (w, h))
+            out = np.full((h, w, img.shape[2]), 127.5, np.float32)
+            out[int(top):int(top) + nh, int(left):int(left) + nw] = darknet_resize(img, nw, nh)
+            geom = Geometry((h0, w0), (nw / w0, nh / h0), (left, top))
+        return out, i, geom, time.perf_counter() - t0
+
+
 # ---------------------------------------------------------------------------------------------
 # the evaluation loop
 # ---------------------------------------------------------------------------------------------
@@ -148,10 +190,11 @@ def _size_hw(model: torch.nn.Module, img_size: int | Sequence[int] | None) -> tu
 
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, info: DatasetInfo, img_size: int | Sequence[int] | None = None,
-             batch_size: int = 16, conf_thres: float = 0.001, nms_thres: float = 0.45, max_det: int = 100,
-             workers: int = 2, device: str | torch.device | None = None, save_json: str | Path | None = None,
-             plots_dir: str | Path | None = None, verbose: bool = True, letter_box: bool | None = None,
-             fuse: bool = False) -> dict[str, Any]:
+             batch_size: int = 16, conf_thres: float | None = None, nms_thres: float = 0.45,
+             max_det: int | None = None, workers: int = 2, device: str | torch.device | None = None,
+             save_json: str | Path | None = None, plots_dir: str | Path | None = None, verbose: bool = True,
+             letter_box: bool | None = None, fuse: bool = False, metric: str = "coco", points: int = 101,
+             iou_thres: float = 0.5, conf_thres_report: float = 0.25) -> dict[str, Any]:
     """COCO mAP of ``model`` on ``info`` (the function train.py calls after each epoch).
 
     The caller's model is left as it was (mode restored; with ``fuse=True`` a fused copy is
@@ -159,7 +202,23 @@ def evaluate(model: torch.nn.Module, info: DatasetInfo, img_size: int | Sequence
     so the rest is still scored. Returns the metrics dict: map, map50, map75, stats (the 12
     COCOeval numbers), per_class {name: {ap, ap50, gt}}, images, skipped, detections,
     ms_per_image {preprocess, inference, nms}.
+
+    ``metric="darknet"`` also returns ``darknet``: Darknet's ``detector map`` report
+    (:func:`yolo.darknet_map.darknet_map`: mAP@``iou_thres`` with ``points`` recall points, 0 for
+    the area under the curve; precision, recall, F1, TP, FP, FN, avg IoU at ``conf_thres_report``;
+    per class ap, tp, fp). Its defaults are Darknet's: ``conf_thres`` 0.005 (COCO: 0.001) and no
+    cap on detections per image (COCO: ``max_det`` 100); ``max_det=0`` means no cap. The COCO
+    figures are then computed on those same detections.
     """
+    if metric not in ("coco", "darknet"):
+        raise EvalError(f"metric must be 'coco' or 'darknet', got {metric!r}")
+    darknet = metric == "darknet"
+    if darknet and (points not in POINTS and points < 2):
+        raise EvalError(f"points must be 101, 11 or 0 (area under the curve), got {points}")
+    if conf_thres is None:
+        conf_thres = 0.005 if darknet else 0.001
+    if max_det is None:
+        max_det = 0 if darknet else 100
     if model.num_classes != info.num_classes:
         raise EvalError(f"{info.source}: the dataset has {info.num_classes} classes but the model "
                         f"({getattr(model, 'cfg_path', type(model).__name__)}) predicts {model.num_classes}")
@@ -181,13 +240,18 @@ def evaluate(model: torch.nn.Module, info: DatasetInfo, img_size: int | Sequence
     cuda = device.type == "cuda"
     problems = Problems()
     records = info.records
+    dataset_cls = DarknetEvalDataset if darknet else EvalDataset  # Darknet resizes its own way
     loader = torch.utils.data.DataLoader(
-        EvalDataset(records, size_hw, letter_box), batch_size=batch_size, shuffle=False,
+        dataset_cls(records, size_hw, letter_box), batch_size=batch_size, shuffle=False,
         num_workers=workers, collate_fn=collate_eval, pin_memory=cuda,
         worker_init_fn=worker_init if workers > 0 else None)
     done: list[int] = []
     sizes: dict[int, tuple[int, int]] = {}
     det_chunks: list[np.ndarray] = []
+    raw_dets: dict[int, np.ndarray] = {}  # metric="darknet": per image x1, y1, x2, y2, score, class
+    head = model.yolo_layers[-1].settings if getattr(model, "yolo_layers", None) else None
+    nms_kind = getattr(head, "nms_kind", "default")  # Darknet's map reads its last [yolo]
+    beta_nms = getattr(head, "beta_nms", 0.6)
     t_pre = t_inf = t_nms = 0.0
     category_ids = np.asarray(info.category_ids, np.float64)
     try:
@@ -206,10 +270,22 @@ def evaluate(model: torch.nn.Module, info: DatasetInfo, img_size: int | Sequence
             if cuda:
                 torch.cuda.synchronize(device)
             t2 = time.perf_counter()
-            outs = postprocess(pred, conf_thres, nms_thres, max_det)
+            if darknet:
+                pred_np = pred.detach().float().cpu().numpy()
+                outs = [darknet_nms(p, conf_thres, nms_thres, nms_kind, beta_nms, (size_hw[1], size_hw[0]))
+                        for p in pred_np]
+                if max_det > 0:
+                    outs = [o[np.argsort(-o[:, 4], kind="stable")[:max_det]] for o in outs]
+            else:
+                outs = postprocess(pred, conf_thres, nms_thres, max_det if max_det > 0 else None)
             for i, geom, out in zip(batch.indices, batch.geometries, outs):
                 done.append(i)
                 sizes[i] = geom.orig_hw
+                if darknet:  # Darknet does not clip its boxes to the image
+                    raw = out.astype(np.float64, copy=True)
+                    raw[:, [0, 2]] = (raw[:, [0, 2]] - geom.pad_xy[0]) / geom.scale_xy[0]
+                    raw[:, [1, 3]] = (raw[:, [1, 3]] - geom.pad_xy[1]) / geom.scale_xy[1]
+                    raw_dets[i] = raw
                 if len(out) == 0:
                     continue
                 xyxy = geom.to_original(out[:, :4]).astype(np.float64)
@@ -240,7 +316,12 @@ def evaluate(model: torch.nn.Module, info: DatasetInfo, img_size: int | Sequence
         "img_size": list(size_hw), "letter_box": letter_box,
         "ms_per_image": {"preprocess": 1e3 * t_pre / n, "inference": 1e3 * t_inf / n, "nms": 1e3 * t_nms / n},
     }
-    ev = coco_eval(gt, dets, [r.image_id for r in eval_records], verbose=verbose) if done else None
+    if darknet:
+        metrics["darknet"] = darknet_map([raw_dets[i] for i in done], darknet_ground_truth(
+            eval_records, [sizes[i] for i in done]), info.num_classes, info.names, iou_thres=iou_thres,
+            conf_thres=conf_thres_report, points=points)
+    ev = (coco_eval(gt, dets, [r.image_id for r in eval_records], verbose=verbose and not darknet)
+          if done else None)
     if ev is None:
         if done:
             problems.add("no detections", f"{info.source}: the model made no detection above "
@@ -272,5 +353,6 @@ def format_report(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["evaluate", "coco_eval", "ground_truth_coco", "ground_truth_as_detections", "per_class_ap",
+__all__ = ["evaluate", "coco_eval", "ground_truth_coco", "darknet_ground_truth", "ground_truth_as_detections",
+           "per_class_ap",
            "plot_pr_curves", "format_report", "EvalError", "STAT_NAMES", "DataWarning"]
