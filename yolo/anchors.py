@@ -67,12 +67,17 @@ def _kmeans_pp(boxes: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarra
     return np.asarray(centres, np.float64)
 
 
-def _lloyd(boxes: np.ndarray, centres: np.ndarray, max_iter: int) -> np.ndarray:
-    """Assign to the highest-IoU centre, move centres to their boxes' mean, until stable."""
+def _lloyd(boxes: np.ndarray, centres: np.ndarray, max_iter: int, tol: float = 1e-2) -> np.ndarray:
+    """Assign to the highest-IoU centre, move centres to their boxes' mean, until the
+    assignment is stable or no centre moves by ``tol`` (input pixels) or more."""
     k = len(centres)
     assign = None
+    bw, bh = boxes[:, 0:1].astype(np.float32), boxes[:, 1:2].astype(np.float32)
+    area = bw * bh
     for _ in range(max_iter):
-        iou = wh_iou(boxes, centres)
+        cw, ch = centres[None, :, 0].astype(np.float32), centres[None, :, 1].astype(np.float32)
+        inter = np.minimum(bw, cw) * np.minimum(bh, ch)
+        iou = inter / (area + cw * ch - inter)  # wh_iou, float32 with the box areas kept
         new = iou.argmax(1)
         if assign is not None and np.array_equal(new, assign):
             break
@@ -80,11 +85,14 @@ def _lloyd(boxes: np.ndarray, centres: np.ndarray, max_iter: int) -> np.ndarray:
         counts = np.bincount(assign, minlength=k)
         sums = np.stack([np.bincount(assign, boxes[:, 0], k), np.bincount(assign, boxes[:, 1], k)], 1)
         empty = counts == 0
+        old = centres
         centres = np.where(empty[:, None], centres, sums / np.maximum(counts, 1)[:, None])
         if empty.any():  # an empty cluster takes the worst-served boxes
             worst = np.argsort(iou.max(1))[:int(empty.sum())]
             centres[empty] = boxes[worst]
             assign = None
+        elif np.abs(centres - old).max() < tol:  # long tails of sub-pixel moves on big datasets
+            break
     return centres
 
 
