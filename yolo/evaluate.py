@@ -345,14 +345,19 @@ def format_report(metrics: dict[str, Any]) -> str:
         lines.append(f"{name:<20}{row['gt']:>7}{row['ap']:>13.3f}{row['ap50']:>9.3f}")
     lines.append(f"{'all':<20}{sum(r['gt'] for r in metrics['per_class'].values()):>7}"
                  f"{metrics['map']:>13.3f}{metrics['map50']:>9.3f}")
-    ms = metrics["ms_per_image"]
-    h, w = metrics["img_size"]
-    lines.append(f"speed: {ms['preprocess']:.1f} ms preprocess, {ms['inference']:.1f} ms inference, "
-                 f"{ms['nms']:.1f} ms NMS per image at {h}x{w} ({metrics['images']} images"
-                 + (f", {metrics['skipped']} skipped" if metrics["skipped"] else "") + ")")
+    lines.append(format_speed(metrics))
     return "\n".join(lines)
 
 
+def format_speed(metrics: dict[str, Any]) -> str:
+    """The speed line: ms per image for preprocessing, inference and NMS."""
+    ms = metrics["ms_per_image"]
+    h, w = metrics["img_size"]
+    return (f"speed: {ms['preprocess']:.1f} ms preprocess, {ms['inference']:.1f} ms inference, "
+            f"{ms['nms']:.1f} ms NMS per image at {h}x{w} ({metrics['images']} images"
+            + (f", {metrics['skipped']} skipped" if metrics["skipped"] else "") + ")")
+
+
 __all__ = ["evaluate", "coco_eval", "ground_truth_coco", "darknet_ground_truth", "ground_truth_as_detections",
-           "per_class_ap",
-           "plot_pr_curves", "format_report", "EvalError", "STAT_NAMES", "DataWarning"]
+           "per_class_ap", "plot_pr_curves", "format_report", "format_speed", "DarknetEvalDataset", "EvalError",
+           "STAT_NAMES", "DataWarning"]

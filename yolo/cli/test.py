@@ -2,6 +2,9 @@
 
 Prints the 12 COCOeval numbers, a per-class AP table and the speed per image; optionally
 writes the detections (COCO results json), a metrics json and precision-recall plots.
+``--metric darknet`` prints Darknet's own ``detector map`` report instead (its resize, NMS,
+matching and averaging; mAP@0.50 with 101 or 11 recall points or the area under the curve)
+and adds a ``darknet`` block to the metrics json.
 """
 from __future__ import annotations
 
@@ -30,9 +33,23 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--img-size", type=int, nargs="+", default=None, metavar="N",
                    help="network input: one size, or height width (default: the cfg's)")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
-    p.add_argument("--conf-thres", type=float, default=0.001, help="score threshold (objectness x class)")
+    p.add_argument("--metric", choices=("coco", "darknet"), default="coco",
+                   help="coco: pycocotools COCOeval; darknet: Darknet's 'detector map' report "
+                        "(the COCO figures are still in the metrics json, on the same detections)")
+    p.add_argument("--points", type=int, choices=(101, 11, 0), default=101,
+                   help="--metric darknet: recall points of AP (101 MS COCO style, 11 PascalVOC 2007, "
+                        "0 area under the curve at each unique recall)")
+    p.add_argument("--iou-thres", type=float, default=0.5, help="--metric darknet: IoU a match must exceed")
+    p.add_argument("--conf-thres-report", type=float, default=0.25,
+                   help="--metric darknet: score above which precision, recall, F1, TP, FP, FN and "
+                        "average IoU are reported (Darknet's -thresh)")
+    p.add_argument("--conf-thres", type=float, default=None,
+                   help="score threshold (objectness x class) of the candidates (default: 0.001; "
+                        "0.005 with --metric darknet, as Darknet)")
     p.add_argument("--nms-thres", type=float, default=0.45, help="IoU threshold of per-class NMS")
-    p.add_argument("--max-det", type=int, default=100, help="at most this many detections per image")
+    p.add_argument("--max-det", type=int, default=None,
+                   help="at most this many detections per image, 0: no limit (default: 100; no limit "
+                        "with --metric darknet, as Darknet)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or N")
     p.add_argument("--workers", type=int, default=min(4, max(0, (os.cpu_count() or 1) // 2 - 1)),
                    help="DataLoader worker processes reading images (0: in the main process; the "
@@ -58,12 +75,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from ..model import Darknet
 
     device = parse_device(args.device)
-    if args.batch_size < 1 or args.workers < 0 or args.max_det < 1:
-        raise UserError(f"--batch-size and --max-det must be positive and --workers >= 0, got "
+    if args.batch_size < 1 or args.workers < 0 or (args.max_det is not None and args.max_det < 0):
+        raise UserError(f"--batch-size must be positive and --max-det and --workers >= 0, got "
                         f"{args.batch_size}, {args.max_det}, {args.workers}")
-    if not 0 <= args.conf_thres < 1 or not 0 < args.nms_thres <= 1:
+    if (args.conf_thres is not None and not 0 <= args.conf_thres < 1) or not 0 < args.nms_thres <= 1:
         raise UserError(f"--conf-thres must be in [0, 1) and --nms-thres in (0, 1], got "
                         f"{args.conf_thres}, {args.nms_thres}")
+    if not 0 <= args.iou_thres < 1 or not 0 <= args.conf_thres_report < 1:
+        raise UserError(f"--iou-thres and --conf-thres-report must be in [0, 1), got "
+                        f"{args.iou_thres}, {args.conf_thres_report}")
     info = load_dataset(args.data, args.images, split=args.split)  # before the model: a typo fails fast
     if not info.records:
         raise UserError(f"{info.source}: no usable images")
@@ -81,7 +101,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
           + (f" (skipped: {info.problems.summary()})" if info.problems else ""), file=sys.stderr)
     metrics = evaluate(model, info, img_size=img_size, batch_size=args.batch_size, conf_thres=args.conf_thres,
                        nms_thres=args.nms_thres, max_det=args.max_det, workers=args.workers, device=device,
-                       save_json=args.save_json, plots_dir=args.plots, verbose=not args.no_progress)
+                       save_json=args.save_json, plots_dir=args.plots, verbose=not args.no_progress,
+                       metric=args.metric, points=args.points, iou_thres=args.iou_thres,
+                       conf_thres_report=args.conf_thres_report)
     metrics["data_problems"] = dict(info.problems.counts)
     return metrics
 
@@ -89,7 +111,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 @user_errors()
 def main(argv: Sequence[str] | None = None) -> int:
     from ..datasets import DataError
-    from ..evaluate import EvalError, format_report
+    from ..darknet_map import format_darknet_report
+    from ..evaluate import EvalError, format_report, format_speed
 
     args = get_args_parser().parse_args(argv)
     with warnings.catch_warnings():
@@ -98,11 +121,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             metrics = run(args)
         except (DataError, EvalError) as e:
             raise UserError(str(e)) from None
-    if args.no_progress:  # evaluate printed the COCOeval summary only with progress on
-        from ..evaluate import STAT_NAMES
-        for name, value in zip(STAT_NAMES, metrics["stats"]):
-            print(f"{name:<28} = {value:.3f}")
-    print(format_report(metrics))
+    if "darknet" in metrics:
+        print(format_darknet_report(metrics["darknet"]))
+        print(format_speed(metrics))
+    else:
+        if args.no_progress:  # evaluate printed the COCOeval summary only with progress on
+            from ..evaluate import STAT_NAMES
+            for name, value in zip(STAT_NAMES, metrics["stats"]):
+                print(f"{name:<28} = {value:.3f}")
+        print(format_report(metrics))
     if args.save_json:
         print(f"detections written to {args.save_json}")
     if args.metrics_json:
