@@ -321,4 +321,5 @@ def format_darknet_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["darknet_map", "darknet_nms", "darknet_resize", "darknet_letterbox_placement", "format_darknet_report", "average_precision", "box_iou_matrix", "POINTS"]
+__all__ = ["darknet_map", "darknet_nms", "darknet_resize", "darknet_letterbox_placement", "format_darknet_report",
+           "average_precision", "box_iou_matrix", "POINTS"]
