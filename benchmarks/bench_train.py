@@ -22,7 +22,8 @@ from yolo.augment import AugmentConfig  # noqa: E402
 from yolo.loaders import TrainDataset, collate  # noqa: E402
 from yolo.datasets import load_dataset  # noqa: E402
 from yolo.loaders import worker_init  # noqa: E402
-from yolo.engine import Hyp, build_optimizer  # noqa: E402
+from yolo.hyp import Hyp  # noqa: E402
+from yolo.trainer import build_optimizer  # noqa: E402
 from yolo.loss import YOLOLoss  # noqa: E402
 from yolo.model import Darknet  # noqa: E402
 

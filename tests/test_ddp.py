@@ -9,15 +9,13 @@ from pathlib import Path
 
 import torch
 
-FIXTURES = Path(__file__).parent / "fixtures"
+from helpers import FIXTURES, ROOT, TRAIN_TINY as TINY
+
 sys.path.insert(0, str(FIXTURES))
 from train_synth import make_dataset  # noqa: E402
 
 from yolo.checkpoint import load_checkpoint, load_weights  # noqa: E402
 from yolo.model import Darknet  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
-TINY = FIXTURES / "train_tiny.cfg"
 
 
 def test_torchrun_two_processes_on_cpu(tmp_path):

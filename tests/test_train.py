@@ -10,16 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 
-FIXTURES = Path(__file__).parent / "fixtures"
+from helpers import FIXTURES, TRAIN_TINY as TINY
+
 sys.path.insert(0, str(FIXTURES))
 from train_synth import make_dataset  # noqa: E402
 
-from yolo import checkpoint  # noqa: E402
+from yolo import checkpoint, trainer  # noqa: E402
 from yolo.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint  # noqa: E402
 from yolo.cli import train as train_cli  # noqa: E402
 from yolo.model import Darknet  # noqa: E402
-
-TINY = FIXTURES / "train_tiny.cfg"
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +53,7 @@ def test_learns_from_scratch(synth, tmp_path):
 
 
 def _interrupt_after(monkeypatch, n_calls: int) -> None:
-    real = train_cli.collate
+    real = trainer.collate
     calls = {"n": 0}
 
     def collate(batch):
@@ -63,7 +62,7 @@ def _interrupt_after(monkeypatch, n_calls: int) -> None:
             raise KeyboardInterrupt
         return real(batch)
 
-    monkeypatch.setattr(train_cli, "collate", collate)
+    monkeypatch.setattr(trainer, "collate", collate)
 
 
 def test_resume_is_exact(synth, tmp_path, monkeypatch):

@@ -2,17 +2,30 @@
 
 A checkpoint is a plain dict of tensors and Python scalars/strings (safe for weights_only):
 ``model`` (state_dict), ``cfg_text``, ``names`` and, from training, ``ema``, ``optimizer``,
-``scaler``, ``epoch``, ``step`` ...
+``scaler``, ``epoch``, ``step``, ``rng`` ... Saving the training state (``training_state``) and
+restoring it (``restore_training_state``) sit side by side here, so the two cannot drift.
+
+Layout versions (``format``): 1 = written before the key existed (same keys, no ``format``,
+no ``skipped``), 2 = current. Detect and test read ``model``/``ema`` of either.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from .cfg import resolve_path, REPO_ROOT
+from .distributed import unwrap
+from .ema import ModelEMA
+from .hyp import Hyp, HypError, lr_at
 from .io import atomic_write
+
+FORMAT = 2
+#: what a checkpoint needs to continue a run (beyond ``model``)
+TRAINING_KEYS = ("optimizer", "args", "hyp", "epoch", "step")
 
 WEIGHTS_DIR = REPO_ROOT / "weights"
 
@@ -71,3 +84,108 @@ def check_same_cfg(state: dict[str, Any], cfg_text: str, path: str | Path, cfg_n
     now = b[n].strip() if n < len(b) else "<end of file>"
     raise CheckpointError(f"{path}: made with a different cfg ({state.get('cfg_name', '?')}) than {cfg_name}: "
                           f"line {n + 1} was '{was}', is '{now}'")
+
+
+# ---------------------------------------------------------------------------------------------
+# the whole training state: save and restore
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class TrainState:
+    """Where a run is; saved in every checkpoint."""
+
+    epoch: int = 0  # the epoch being trained (0-based)
+    step: int = 0  # optimiser steps done (Darknet's batches)
+    batch_in_epoch: int = 0  # minibatches done in ``epoch`` (at a step boundary)
+    seen: int = 0  # images trained on, all ranks
+    skipped: int = 0  # images that failed to load
+    best_fitness: float = -1.0
+
+
+def rng_state() -> dict[str, Any]:
+    out: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def set_rng_state(s: dict[str, Any]) -> None:
+    if "torch" in s:
+        torch.set_rng_state(s["torch"])
+    if "cuda" in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def training_state(model: nn.Module, ema: ModelEMA | None, optimizer: torch.optim.Optimizer,
+                   scaler: torch.amp.GradScaler | None, state: TrainState, hyp: Hyp, names: list[str],
+                   options: dict[str, Any], epoch_done: bool) -> dict[str, Any]:
+    """Everything an exact resume needs, as plain tensors/str/numbers (loadable with weights_only).
+    ``epoch_done``: saved at the end of ``state.epoch`` (the next run starts the following one)."""
+    m = unwrap(model)
+    return {
+        "format": FORMAT,
+        "model": {k: v.detach().clone() for k, v in m.state_dict().items()},
+        "ema": ema.module.state_dict() if ema is not None else None,
+        "ema_updates": ema.updates if ema is not None else 0,
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+        "epoch": state.epoch + 1 if epoch_done else state.epoch,  # next epoch to train
+        "batch_in_epoch": 0 if epoch_done else state.batch_in_epoch,
+        "step": state.step,
+        "seen": state.seen,
+        "skipped": state.skipped,
+        "best_fitness": state.best_fitness,
+        "lr": lr_at(max(state.step - 1, 0), hyp),
+        "hyp": hyp.to_dict(),
+        "cfg_text": m.cfg_text,
+        "cfg_name": m.cfg_path.name,
+        "names": list(names),
+        "args": options,
+        "rng": rng_state(),
+    }
+
+
+def load_training_checkpoint(path: str | Path) -> tuple[dict[str, Any], Path]:
+    """A checkpoint to resume (a run folder means its last.pt): refuses a weights-only file or a
+    newer layout with a message saying what to do instead."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "last.pt"
+    ckpt = load_checkpoint(path)
+    if int(ckpt.get("format", 1)) > FORMAT:
+        raise CheckpointError(f"{path}: written by a newer version of this project (format {ckpt['format']}, "
+                              f"this one reads up to {FORMAT}); update it, or start a new run with --weights {path}")
+    missing = [k for k in TRAINING_KEYS if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: not a training checkpoint (no {', '.join(missing)}); use --weights to "
+                              f"start a new run from it")
+    return ckpt, path
+
+
+def checkpoint_hyp(ckpt: dict[str, Any], path: str | Path) -> Hyp:
+    """The hyper-parameters the saved run used (they are not re-resolved on resume)."""
+    try:
+        return Hyp.from_dict(dict(ckpt["hyp"]))
+    except HypError as e:
+        raise CheckpointError(f"{path}: {e}; start a new run with --weights {path} instead") from None
+
+
+def restore_training_state(ckpt: dict[str, Any], path: str | Path, model: nn.Module, ema: ModelEMA,
+                           optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> TrainState:
+    """The inverse of ``training_state``: weights, EMA, optimiser, scaler and RNG back in place."""
+    try:
+        unwrap(model).load_state_dict(ckpt["model"])
+        if ckpt.get("ema") is not None:
+            ema.module.load_state_dict(ckpt["ema"])
+            ema.updates = int(ckpt.get("ema_updates", 0))
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{path}: does not fit the model or optimiser ({str(e).splitlines()[0]}); "
+                              f"start a new run with --weights {path} instead") from None
+    if ckpt.get("scaler") and scaler.is_enabled():
+        scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt.get("rng", {}))
+    state = TrainState(epoch=int(ckpt["epoch"]), step=int(ckpt["step"]),
+                       batch_in_epoch=int(ckpt.get("batch_in_epoch", 0)), seen=int(ckpt.get("seen", 0)),
+                       skipped=int(ckpt.get("skipped", 0)), best_fitness=float(ckpt.get("best_fitness", -1.0)))
+    unwrap(model).seen = state.seen
+    return state

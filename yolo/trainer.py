@@ -1,0 +1,564 @@
+"""Trainer: restore, fit, one epoch, end of epoch (evaluate, checkpoint, results.csv/png).
+
+One optimiser step is one Darknet "batch": ``batch`` images through ``accumulate`` forward passes
+(split over the DDP ranks), gradients accumulated. The hyper-parameters come from ``yolo.hyp``
+(cfg -> overrides -> the run's plan); the state a resume needs is saved and restored by
+``yolo.checkpoint``; DDP helpers are in ``yolo.distributed``. Only rank 0 evaluates and writes.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import os
+import shutil
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, ContextManager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from .augment import AugmentConfig
+from .checkpoint import (TrainState, check_same_cfg, checkpoint_hyp, load_weights, restore_training_state,
+                         save_checkpoint, training_state)
+from .distributed import SkipSampler, all_reduce_mean, barrier, distributed_session, unwrap, world_size
+from .ema import ModelEMA
+from .hyp import (Hyp, Overrides, RunPlan, Setting, check_hyp, format_settings, hyp_from, lr_at, multiscale_range,
+                  multiscale_size, parse_floats, parse_ints, pick, plan_run, resolve_hyp)
+from .loaders import TrainDataset, collate, worker_init
+from .model import Darknet
+
+RESULT_FIELDS = ["epoch", "step", "box", "obj", "cls", "total", "lr", "map", "map50", "data_wait", "time_s"]
+AUGMENT_KEYS = ("jitter", "hue", "saturation", "exposure", "angle", "mosaic", "flip")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss); the last checkpoint is left as it was."""
+
+
+class TrainSetupError(ValueError):
+    """Inputs that do not fit together (model vs data classes, image size, output folder)."""
+
+
+@dataclass
+class TrainOptions:
+    """Every training option (the CLI's arguments, saved in checkpoints as ``args``).
+    None means "not given": the cfg's value (or the run's plan) is used."""
+
+    cfg: str | None = None
+    data: str | None = None
+    images: str | None = None
+    val_data: str | None = None
+    val_images: str | None = None
+    weights: str | None = None
+    cutoff: int | None = None
+    epochs: int | None = None
+    max_steps: int | None = None
+    batch_size: int | None = None
+    batch: int | None = None
+    img_size: int | None = None
+    device: str = "cpu"
+    workers: int = min(4, os.cpu_count() or 1)
+    output: str | None = None
+    resume: str | None = None
+    freeze: int = 0
+    seed: int = 0
+    sync_bn: bool = False
+    lr: float | None = None
+    momentum: float | None = None
+    decay: float | None = None
+    burn_in: int | None = None
+    steps: str | None = None  # comma-separated, as given
+    scales: str | None = None
+    nesterov: bool = False
+    jitter: float | None = None
+    hue: float | None = None
+    saturation: float | None = None
+    exposure: float | None = None
+    angle: float | None = None
+    mosaic: bool | None = None
+    flip: bool | None = None
+    multiscale: bool | None = None
+    augment: bool | None = None
+    amp: bool | None = None
+    ema_decay: float = 0.9999
+    channels_last: bool = True
+    eval_interval: int = 1
+    progress: bool = True
+    project: str = "runs/train"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainOptions":
+        """Known keys only (None values keep the default): a checkpoint of an older version may
+        hold options that no longer exist."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known and v is not None})
+
+    def overrides(self) -> Overrides:
+        return Overrides(lr=self.lr, momentum=self.momentum, decay=self.decay, burn_in=self.burn_in,
+                         steps=parse_ints(self.steps, "--steps"), scales=parse_floats(self.scales, "--scales"),
+                         batch=self.batch, nesterov=self.nesterov)
+
+
+#: options that may differ when resuming (they do not change what is computed)
+RESUME_MAY_CHANGE = {"resume", "epochs", "device", "workers", "progress", "max_steps", "eval_interval",
+                     "channels_last"}
+
+
+def resume_options(given: dict[str, Any], ckpt: dict[str, Any], path: Path) -> TrainOptions:
+    """The saved run's options, with those that may change taken from ``given`` (the options on the
+    command line); any other difference is refused, naming the options."""
+    saved = dict(ckpt["args"])
+    if "cfg" in given:
+        check_same_cfg(ckpt, Darknet(given["cfg"], warn_unused=False).cfg_text, path, given["cfg"])
+    changed = sorted(k for k, v in given.items()
+                     if k not in RESUME_MAY_CHANGE | {"cfg", "output"} and saved.get(k) != v)
+    if changed:
+        raise TrainSetupError(f"--resume continues a run with its own settings; these options differ from the "
+                              f"saved run: {', '.join('--' + k.replace('_', '-') for k in changed)}")
+    merged = {**saved, **{k: v for k, v in given.items() if k in RESUME_MAY_CHANGE},
+              "resume": str(path), "output": str(path.parent)}
+    copy = path.parent / ckpt.get("cfg_name", "model.cfg")
+    if not Path(merged["cfg"]).exists() and copy.exists():
+        merged["cfg"] = str(copy)  # the run folder keeps a copy of its cfg
+    return TrainOptions.from_dict(merged)
+
+
+# ---------------------------------------------------------------------------------------------
+# model preparation
+# ---------------------------------------------------------------------------------------------
+def build_optimizer(model: nn.Module, hyp: Hyp) -> torch.optim.SGD:
+    """SGD with momentum. Weight decay on convolution weights only: decaying BatchNorm scales or
+    biases pulls them to 0, which Darknet never does (it decays conv weights only)."""
+    decay, no_decay = [], []
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad:
+                continue
+            (decay if isinstance(module, nn.modules.conv._ConvNd) and name == "weight" else no_decay).append(p)
+    return torch.optim.SGD([{"params": decay, "weight_decay": hyp.decay},
+                            {"params": no_decay, "weight_decay": 0.0}],
+                           lr=hyp.learning_rate, momentum=hyp.momentum, nesterov=hyp.nesterov and hyp.momentum > 0)
+
+
+@torch.no_grad()
+def init_head_biases(model: Darknet, objects_per_image: float = 8.0) -> None:
+    """Start a from-scratch head from priors (as mmdetection does): objectness ~ a few objects per
+    image spread over every cell and anchor, classes ~ uniform. Without it the first steps are spent
+    pushing thousands of 0.5 objectness outputs down, which can wreck the young features."""
+    blocks = list(model.module_list)
+    for i, block in enumerate(blocks):
+        if not block.is_output:
+            continue
+        conv = next((c for b in reversed(blocks[:i]) for c in reversed(list(b.modules()))
+                     if isinstance(c, nn.Conv2d)), None)
+        if conv is None or conv.bias is None or conv.out_channels != block.num_anchors * block.num_attrib:
+            continue
+        stride = model.strides[model.yolo_layers.index(block)]
+        cells = (model.net.width / stride) * (model.net.height / stride)
+        b = conv.bias.view(block.num_anchors, block.num_attrib)
+        b[:, 4] = math.log(objects_per_image / (cells * len(model.yolo_layers) * block.num_anchors))
+        b[:, 5:] = math.log(1.0 / max(block.num_classes - 0.99, 1.0))
+
+
+def freeze(model: Darknet, n: int) -> list[str]:
+    """Freeze the first ``n`` sections, weights and BatchNorm statistics (fine-tuning a pretrained
+    backbone on little data); returns where they are in the cfg."""
+    frozen = []
+    for block in list(model.module_list)[:n]:
+        for p in block.parameters():
+            p.requires_grad_(False)
+        block.eval()
+        frozen.append(block.where)
+    return frozen
+
+
+def set_train_mode(model: nn.Module, frozen: int) -> None:
+    """``model.train()``, but frozen sections keep their BatchNorm statistics."""
+    m = unwrap(model)
+    m.train()
+    for block in list(m.module_list)[:frozen]:
+        block.eval()
+
+
+def resize_batch(imgs: torch.Tensor, size: int, channels_last: bool) -> torch.Tensor:
+    """Multi-scale training: the whole batch bilinearly resized to ``size`` x ``size``."""
+    if imgs.shape[-2:] == (size, size):
+        return imgs
+    imgs = F.interpolate(imgs, size=(size, size), mode="bilinear", align_corners=False)
+    return imgs.contiguous(memory_format=torch.channels_last) if channels_last else imgs
+
+
+# ---------------------------------------------------------------------------------------------
+# results.csv (one row per epoch); results.png is drawn from it
+# ---------------------------------------------------------------------------------------------
+def append_results(path: Path, row: dict[str, Any]) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=RESULT_FIELDS, extrasaction="ignore")
+        if new:
+            w.writeheader()
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def read_results(path: Path) -> list[dict[str, float]]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        try:
+            return [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(f)]
+        except ValueError as e:
+            raise TrainSetupError(f"{path}: not a results.csv of this project ({e})") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# the trainer
+# ---------------------------------------------------------------------------------------------
+class Trainer:
+    """One training run: built from options (and a checkpoint to resume), then ``fit()``."""
+
+    def __init__(self, opts: TrainOptions, device: torch.device, ckpt: dict[str, Any] | None = None,
+                 rank: int = 0, world: int = 1, say: Callable[..., None] | None = None) -> None:
+        self.opts, self.device, self.rank, self.world = opts, device, rank, world
+        self.main = rank == 0
+        self.say = say or (print if self.main else (lambda *a, **k: None))
+        torch.manual_seed(opts.seed)
+        self.model = self._build_model(ckpt)
+        self.train_info, self.val_info = self._load_data()
+        self.names = self.train_info.names
+        self.img_size = opts.img_size or self.model.net.width
+        if self.img_size % self.model.max_stride:
+            raise TrainSetupError(f"--img-size {self.img_size} must be a multiple of the network stride "
+                                  f"{self.model.max_stride}")
+        self.hyp, self.plan, rows, notes = self._resolve(ckpt)
+        self.aug, self.augment, self.ms_range, self.amp, more = self._augmentation()
+        self.say(f"hyper-parameters in use ({self.model.cfg_path.name}):\n" + format_settings(rows + more))
+        for n in notes:
+            self.say(f"note: {n}")
+        self.out = self._prepare_output(resumed=ckpt is not None)
+        self.state = self._build_training(ckpt)
+        self.dataset = TrainDataset(self.train_info.records, self.img_size, self.aug, augment=self.augment,
+                                    seed=opts.seed)
+        self.sampler = torch.utils.data.DistributedSampler(self.dataset, num_replicas=world, rank=rank,
+                                                           shuffle=True, seed=opts.seed, drop_last=False)
+
+    # --- set-up ------------------------------------------------------------------------------
+    def _build_model(self, ckpt: dict[str, Any] | None) -> Darknet:
+        """The cfg's model, with its start weights (checkpoint, --weights or head priors)."""
+        model = Darknet(self.opts.cfg)
+        if ckpt is not None:
+            check_same_cfg(ckpt, model.cfg_text, self.opts.resume, model.cfg_path.name)
+        elif self.opts.weights:
+            load_weights(model, self.opts.weights, cutoff=self.opts.cutoff)
+            self.say(f"weights: {self.opts.weights}" + (f" (first {self.opts.cutoff} sections)"
+                                                        if self.opts.cutoff else ""))
+        else:
+            init_head_biases(model)
+        for layer in model.yolo_layers:
+            if layer.new_coords:
+                raise TrainSetupError(f"{layer.where}: new_coords=1 is not supported by the trainer")
+        check_hyp(Hyp.from_net(model.net), str(model.cfg_path))
+        return model
+
+    def _load_data(self) -> tuple[Any, Any]:
+        from .datasets import load_dataset
+
+        o = self.opts
+        train = load_dataset(o.data, o.images, split="train")
+        val = load_dataset(o.val_data or o.data, o.val_images if o.val_data else o.images, split="valid")
+        if not train.records:
+            raise TrainSetupError(f"{train.source}: no training images")
+        if len(train.names) != self.model.num_classes:
+            raise TrainSetupError(f"{train.source}: {len(train.names)} classes but {self.model.cfg_path.name} "
+                                  f"has classes={self.model.num_classes} in its [yolo] sections")
+        if len(val.names) != len(train.names):
+            raise TrainSetupError(f"{val.source}: {len(val.names)} classes, the training set has "
+                                  f"{len(train.names)}")
+        for info in (train, val):
+            if info.problems:
+                self.say(f"{info.source}: skipped while loading: {info.problems.summary()}")
+        return train, val
+
+    def _resolve(self, ckpt: dict[str, Any] | None) -> tuple[Hyp, RunPlan, list[tuple[str, Any, str]], list[str]]:
+        """The hyper-parameters (the checkpoint's when resuming) and the run's length, as table rows."""
+        net, o = self.model.net, self.opts
+        if ckpt is not None:
+            hyp = checkpoint_hyp(ckpt, o.resume)
+            settings = {k: Setting(v, "checkpoint") for k, v in hyp.to_dict().items()}
+        else:
+            settings = {"batch": pick(net.batch, o.batch, "--batch")}
+        batch = settings["batch"].value
+        base = net if ckpt is None else hyp  # subdivisions and max_batches: the cfg's, or the saved run's
+        plan = plan_run(len(self.train_info.records), batch, base.subdivisions, o.batch_size, o.epochs,
+                        base.max_batches, o.max_steps, self.world, self.model.cfg_path.name)
+        notes = []
+        if ckpt is None:
+            settings = resolve_hyp(net, o.overrides(), plan.total_steps)
+            if settings["max_batches"].value != net.max_batches:
+                notes.append(f"schedule shrunk to the run's {plan.total_steps} steps (cfg max_batches="
+                             f"{net.max_batches}, ratio {plan.total_steps / net.max_batches:.4g})")
+        hyp = hyp_from(settings)
+        rows = [(k, s.value, s.source) for k, s in settings.items() if k not in ("batch", "subdivisions")]
+        ranks = f" x {self.world} ranks" if self.world > 1 else ""
+        rows += [("batch", f"{batch} ({plan.minibatch} x {plan.accumulate} accumulated{ranks})",
+                  settings["batch"].source),
+                 ("img_size", self.img_size, "--img-size" if o.img_size else "cfg width"),
+                 ("epochs", f"{plan.epochs} ({plan.steps_per_epoch} steps each, {plan.total_steps} steps in all)",
+                  "--epochs" if o.epochs is not None else "cfg max_batches")]
+        return hyp, plan, rows, notes
+
+    def _augmentation(self) -> tuple[AugmentConfig, bool, tuple[int, int] | None, bool, list[tuple[str, Any, str]]]:
+        """Augmentation (cfg, then overrides), multi-scale range and AMP, with their table rows."""
+        o, model = self.opts, self.model
+        aug = AugmentConfig.from_model(model)
+        src = {k: Setting(getattr(aug, k), "cfg") if getattr(o, k) is None else Setting(getattr(o, k), f"--{k}")
+               for k in AUGMENT_KEYS}
+        for k, s in src.items():
+            setattr(aug, k, s.value)
+        augment = o.augment is not False
+        random = any(layer.settings.random for layer in model.yolo_layers)
+        multiscale = bool((o.multiscale if o.multiscale is not None else random) and augment)
+        ms_range = multiscale_range(self.img_size, model.max_stride) if multiscale else None
+        cuda = self.device.type == "cuda"
+        amp = bool(o.amp if o.amp is not None else cuda) and cuda
+        y = model.yolo_layers[0].settings
+        rows = [("augmentation", "on" if augment else "off", "--no-augment" if not augment else "default"),
+                *[(k, s.value, s.source) for k, s in src.items()],
+                ("letter_box", aug.letter_box, "cfg"),
+                ("multiscale", f"{ms_range[0]}-{ms_range[1]}" if ms_range else "off",
+                 "--multiscale" if o.multiscale is not None else "cfg [yolo] random"),
+                ("amp", amp, "--amp" if o.amp is not None else "default"),
+                ("device", f"{self.device}" + (f" x {self.world} (DDP)" if self.world > 1 else ""), ""),
+                ("yolo", f"iou_loss={y.iou_loss} iou_norm={y.iou_normalizer} cls_norm={y.cls_normalizer} "
+                         f"ignore={y.ignore_thresh} truth={y.truth_thresh} iou_thresh={y.iou_thresh} "
+                         f"scale_x_y={model.yolo_layers[0].scale_x_y}", "cfg [yolo]")]
+        return aug, augment, ms_range, amp, rows
+
+    def _prepare_output(self, resumed: bool) -> Path:
+        """The run folder (a copy of the cfg goes in it); refuses to overwrite another run."""
+        if not self.opts.output:
+            raise TrainSetupError("no run folder: set TrainOptions.output")
+        out = Path(self.opts.output)
+        if self.main and not resumed:
+            if (out / "last.pt").exists():
+                raise TrainSetupError(f"{out} already holds a run (last.pt): --resume {out / 'last.pt'} or "
+                                      f"choose another --output")
+            out.mkdir(parents=True, exist_ok=True)
+            cfg_copy = out / self.model.cfg_path.name
+            if cfg_copy.resolve() != self.model.cfg_path.resolve():
+                shutil.copyfile(self.model.cfg_path, cfg_copy)
+        return out
+
+    def _build_training(self, ckpt: dict[str, Any] | None) -> TrainState:
+        """Device, freezing, EMA, optimiser, AMP scaler and loss; the checkpoint's state restored."""
+        from .loss import YOLOLoss
+
+        o, model = self.opts, self.model
+        model.to(self.device)
+        if o.channels_last:
+            model.to(memory_format=torch.channels_last)
+        if o.freeze:
+            self.say(f"frozen: the first {o.freeze} sections ({len(freeze(model, o.freeze))} blocks)")
+        if self.world > 1 and o.sync_bn:
+            if self.device.type == "cuda":
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            else:  # PyTorch's SyncBatchNorm needs CUDA modules
+                self.say("note: --sync-bn ignored on CPU (PyTorch's SyncBatchNorm works on CUDA only)")
+        self.ema = ModelEMA(model, decay=o.ema_decay)
+        self.optimizer = build_optimizer(model, self.hyp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.loss_fn = YOLOLoss(model)
+        state = TrainState()
+        if ckpt is not None:
+            state = restore_training_state(ckpt, o.resume, model, self.ema, self.optimizer, self.scaler)
+            self.say(f"resumed {o.resume}: epoch {state.epoch + 1}, step {state.step}"
+                     + (f", minibatch {state.batch_in_epoch}" if state.batch_in_epoch else ""))
+        if self.world > 1:
+            model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.net = model  # what trains (maybe DDP-wrapped); self.model stays the Darknet
+        return state
+
+    # --- the run -----------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        """Train until the planned epochs / steps; saves last.pt on Ctrl-C. Returns the summary."""
+        o, state = self.opts, self.state
+        self.say(f"training {len(self.train_info.records)} images, validating on {len(self.val_info.records)}; "
+                 f"output: {self.out}")
+        try:
+            while state.epoch < self.plan.epochs and state.step < self.plan.total_steps:
+                t0 = time.time()
+                logs = self.train_one_epoch()
+                self.end_epoch(logs, t0)
+                state.epoch += 1
+                state.batch_in_epoch = 0
+        except KeyboardInterrupt:
+            if self.main:
+                save_checkpoint(self.checkpoint(epoch_done=False), self.out / "last.pt")
+                print(f"interrupted: saved {self.out / 'last.pt'} (epoch {state.epoch + 1}, step {state.step}); "
+                      f"continue with --resume {self.out / 'last.pt'}", file=sys.stderr)
+            raise
+        if state.skipped:
+            self.say(f"{state.skipped} training image(s) could not be loaded and were skipped")
+        summary = {"epochs": state.epoch, "steps": state.step, "best_map50": state.best_fitness,
+                   "skipped_images": state.skipped, "output": str(self.out)}
+        if self.main:
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=1))
+            self.say(f"done: {state.step} steps, best mAP@.5 {state.best_fitness:.4f}; {self.out / 'last.pt'}, "
+                     f"{self.out / 'best.pt'}, {self.out / 'best.weights'}")
+        return summary
+
+    def checkpoint(self, epoch_done: bool) -> dict[str, Any]:
+        return training_state(self.net, self.ema, self.optimizer, self.scaler, self.state, self.hyp, self.names,
+                              asdict(self.opts), epoch_done=epoch_done)
+
+    def _loader(self) -> torch.utils.data.DataLoader:
+        """This epoch's shuffled order, minus the minibatches a resumed run already trained on."""
+        state, o = self.state, self.opts
+        self.sampler.set_epoch(state.epoch)
+        self.dataset.set_epoch(state.epoch)
+        skip = SkipSampler(self.sampler, state.batch_in_epoch * self.plan.minibatch)
+        return torch.utils.data.DataLoader(
+            self.dataset, batch_size=self.plan.minibatch, sampler=skip, num_workers=o.workers,
+            collate_fn=collate, pin_memory=self.device.type == "cuda",
+            worker_init_fn=worker_init if o.workers > 0 else None, drop_last=False)
+
+    def train_one_epoch(self) -> dict[str, float]:
+        """Train the epoch's minibatches; an optimiser step every ``accumulate`` of them (and at the
+        end). Stops early, at a step boundary, at the planned total. ``self.state`` stays current so
+        that an interrupt can save it. Returns the epoch's mean losses, last lr and data-wait share."""
+        state, plan = self.state, self.plan
+        loader = self._loader()
+        set_train_mode(self.net, self.opts.freeze)
+        sums, count, micro, wait, busy = torch.zeros(4), 0, 0, 0.0, 0.0
+        n_batches = len(loader)
+        bar = tqdm(total=state.batch_in_epoch + n_batches, initial=state.batch_in_epoch, unit="batch",
+                   disable=not self.opts.progress or not self.main, desc=f"epoch {state.epoch + 1}",
+                   dynamic_ncols=True, leave=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        lr = lr_at(state.step, self.hyp)
+        t_ready = time.perf_counter()
+        for n, batch in enumerate(loader):
+            t_got = time.perf_counter()
+            wait += t_got - t_ready
+            state.skipped += batch["skipped"]
+            micro += 1
+            last = n == n_batches - 1
+            if batch["images"] is not None:
+                sums += self._forward_backward(batch, sync=micro >= plan.accumulate or last)
+                count += 1
+            if micro >= plan.accumulate or last:
+                lr = self._optimizer_step(micro)
+                micro = 0
+            bar.update(1)
+            if count:
+                m = sums / count
+                bar.set_postfix_str(f"box {m[0]:.3f} obj {m[1]:.3f} cls {m[2]:.3f} lr {lr:.2e} step {state.step}")
+            t_ready = time.perf_counter()
+            busy += t_ready - t_got
+            if state.step >= plan.total_steps and micro == 0:
+                break
+        bar.close()
+        means = all_reduce_mean(sums / max(count, 1))
+        return {"box": float(means[0]), "obj": float(means[1]), "cls": float(means[2]), "total": float(means[3]),
+                "lr": lr, "data_wait": wait / max(wait + busy, 1e-9)}
+
+    def _forward_backward(self, batch: dict[str, Any], sync: bool) -> torch.Tensor:
+        """Loss of one minibatch, gradients accumulated (DDP syncs them on the step's last one only).
+        Returns (box, obj, cls, total)."""
+        o, state = self.opts, self.state
+        imgs = batch["images"].to(self.device, non_blocking=True).float().div_(255.0)
+        if o.channels_last:
+            imgs = imgs.contiguous(memory_format=torch.channels_last)
+        if self.ms_range is not None:
+            lo, hi = self.ms_range
+            size = multiscale_size(state.step, o.seed, lo, hi, self.model.max_stride)
+            imgs = resize_batch(imgs, size, o.channels_last)
+        no_sync: ContextManager = (self.net.no_sync() if not sync and hasattr(self.net, "no_sync")
+                                   else contextlib.nullcontext())
+        with no_sync:
+            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+                outputs = self.net(imgs)
+            loss, parts = self.loss_fn(outputs, batch["targets"], tuple(imgs.shape[-2:]))
+            if not torch.isfinite(loss):
+                raise TrainingError(f"non-finite loss ({loss.item()}) at step {state.step}, epoch "
+                                    f"{state.epoch + 1}: lower the learning rate (--lr) or lengthen the "
+                                    f"warm-up (--burn-in)")
+            (self.scaler.scale(loss) if self.amp else loss).div(self.plan.accumulate).backward()
+        state.seen += len(imgs) * world_size()
+        return torch.cat((parts.float().cpu(), loss.detach().float().cpu()[None]))
+
+    def _optimizer_step(self, minibatches: int) -> float:
+        """One Darknet "batch": the scheduled lr, the step, the EMA. Returns the lr used."""
+        state = self.state
+        lr = lr_at(state.step, self.hyp)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        if self.amp:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ema.update(self.net)
+        state.step += 1
+        state.batch_in_epoch += minibatches
+        self.model.seen = state.seen
+        return lr
+
+    def end_epoch(self, logs: dict[str, float], t0: float) -> None:
+        """Rank 0: evaluate the EMA model (every ``eval_interval`` epochs and after the last), save
+        last.pt (and best.pt / best.weights when mAP@.5 improved), append results.csv, redraw
+        results.png. Every rank waits for it."""
+        if self.main:
+            state = self.state
+            metrics = self._evaluate() if self._eval_due() else {"map": float("nan"), "map50": float("nan")}
+            fitness = metrics["map50"]
+            improved = fitness == fitness and fitness > state.best_fitness
+            if improved:
+                state.best_fitness = fitness
+            ckpt = self.checkpoint(epoch_done=True)
+            save_checkpoint(ckpt, self.out / "last.pt")
+            if improved:
+                save_checkpoint(ckpt, self.out / "best.pt")
+                self.ema.module.save_darknet_weights(self.out / "best.weights")
+            self._log(logs, metrics, time.time() - t0)
+        barrier()
+
+    def _eval_due(self) -> bool:
+        last = self.state.epoch + 1 >= self.plan.epochs or self.state.step >= self.plan.total_steps
+        return (self.state.epoch + 1) % self.opts.eval_interval == 0 or last
+
+    def _evaluate(self) -> dict[str, float]:
+        from .evaluate import evaluate
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return evaluate(self.ema.module, self.val_info, img_size=self.img_size, batch_size=self.plan.minibatch,
+                            workers=self.opts.workers, device=self.device, verbose=False)
+
+    def _log(self, logs: dict[str, float], metrics: dict[str, float], seconds: float) -> None:
+        from .plots import plot_results
+
+        state = self.state
+        csv_path = self.out / "results.csv"
+        append_results(csv_path, {"epoch": state.epoch + 1, "step": state.step, **logs, "map": metrics["map"],
+                                  "map50": metrics["map50"], "time_s": seconds})
+        plot_results(read_results(csv_path), self.out / "results.png")
+        self.say(f"epoch {state.epoch + 1}/{self.plan.epochs}: loss {logs['total']:.3f} (box {logs['box']:.3f} "
+                 f"obj {logs['obj']:.3f} cls {logs['cls']:.3f}) lr {logs['lr']:.3g} mAP@.5 "
+                 f"{metrics['map50']:.4f} mAP {metrics['map']:.4f}  data wait {100 * logs['data_wait']:.0f}%"
+                 f"  {seconds:.0f}s")
+
+
+def train(opts: TrainOptions, device: torch.device, ckpt: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A whole run, under DDP when started by torchrun: set up, fit, leave the process group."""
+    with distributed_session(device) as (rank, world, device):
+        return Trainer(opts, device, ckpt, rank=rank, world=world).fit()
