@@ -51,6 +51,7 @@ class Darknet(nn.Module):
         self._max_stride = int(max(m.out_stride for m in module_list))
         self.fused = False
         self.seen = 0
+        self._sizes_checked: set[tuple[int, int]] = {(self.net.height, self.net.width)}
 
     def _build_blocks(self) -> nn.ModuleList:
         ctx = BuildContext(self.net.channels, input_size=(self.net.height, self.net.width))
@@ -102,6 +103,8 @@ class Darknet(nn.Module):
                 x = block(x)
             if keep[i]:
                 saved[i] = x
+        if not outputs:  # a backbone-only cfg: its last map
+            return x
         if self.training:
             return outputs
         return torch.cat(outputs, 1) if len(outputs) > 1 else outputs[0]
@@ -115,6 +118,10 @@ class Darknet(nn.Module):
         if x.shape[-1] % stride or x.shape[-2] % stride:
             raise ValueError(f"input size {tuple(x.shape[-2:])} (h, w): each side must be a multiple "
                              f"of the network's stride {stride}")
+        hw = (int(x.shape[-2]), int(x.shape[-1]))
+        if hw not in self._sizes_checked:  # maps that vanish or stop matching at this size
+            self.output_shapes(*hw)
+            self._sizes_checked.add(hw)
 
     # --- weights ------------------------------------------------------------------------
     def load_darknet_weights(self, path: str | Path, cutoff: int | None = None) -> "Darknet":
@@ -171,7 +178,7 @@ class Darknet(nn.Module):
                 continue
             new_block, key_edits = deploy()
             if new_block is not block:
-                new_block.where, new_block.inputs = block.where, block.inputs
+                new_block.where, new_block.inputs, new_block.in_stride = block.where, block.inputs, block.in_stride
                 self.module_list[i] = new_block
             if key_edits:
                 edits[self.sections[i].line] = key_edits

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..cfg import Section
+from ..cfg import ConfigError, Section
 from ..registry import Block, BuildContext, WeightUnit, register
 from .layers import ConvBN, make_activation, make_downsample, positive
 
@@ -68,6 +68,13 @@ class SCBottleneck(Block):
                           f"{size[0]}x{size[1]} (the [net] size / stride {ctx.stride_in:g})", "pooling_r")
         act = make_activation(s, "relu")
         return cls(ctx.c_in, planes, stride, pooling_r, act, ctx.stride_in * stride)
+
+    def out_hw(self, in_hw: tuple[int, int], refs: list) -> tuple[int, int]:
+        hw = super().out_hw(in_hw, refs)
+        if min(hw) < self.scconv.pooling_r:
+            raise ConfigError(f"{self.where}: pooling_r={self.scconv.pooling_r} is larger than this block's "
+                              f"map {hw[1]}x{hw[0]} (w x h); use a larger input or a smaller pooling_r")
+        return hw
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.k1(self.conv1_a(x))

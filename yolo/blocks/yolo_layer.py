@@ -27,7 +27,7 @@ class YoloSettings:
     max_delta: float = float("inf")
     label_smooth_eps: float = 0.0
     resize: float = 1.0
-    nms_kind: str = "greedynms"
+    nms_kind: str = "default"
     beta_nms: float = 0.6
 
     @classmethod
