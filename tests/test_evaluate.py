@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -12,6 +11,8 @@ import pytest
 import torch
 from torch import nn
 
+from yolo.backends import Backend, ModelInfo
+from yolo.backends.pytorch import TorchBackend
 from yolo.checkpoint import load_weights
 from yolo.cli.test import main
 from yolo.datasets import DataWarning, drop_crowd, load_dataset, write_darknet_dataset
@@ -19,20 +20,19 @@ from yolo.evaluate import EvalError, evaluate
 from yolo.model import Darknet
 
 
-class Oracle(nn.Module):
-    """A 'model' that outputs each image's non-crowd ground truth with score 1, in loader order.
+class Oracle(Backend):
+    """An engine that outputs each image's non-crowd ground truth with score 1, in loader order.
 
     Boxes go in as network-input pixels (plain resize), so the whole path is exercised:
     postprocess, Geometry.to_original, category and image ids, the ground-truth conversion.
     """
 
     def __init__(self, records, num_classes: int, size_hw=(320, 320), max_stride: int = 32) -> None:
-        super().__init__()
-        self.anchor = nn.Parameter(torch.zeros(1))
-        self.records, self.num_classes, self.input_size = list(records), num_classes, size_hw
-        self.max_stride, self.net, self.cursor = max_stride, SimpleNamespace(letter_box=False), 0
+        super().__init__(ModelInfo(num_classes, size_hw, False, max_stride, [max_stride], "oracle"), "fp32",
+                         torch.device("cpu"))
+        self.records, self.num_classes, self.cursor = list(records), num_classes, 0
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         out = torch.zeros(x.shape[0], 64, 5 + self.num_classes)
         for j in range(x.shape[0]):
@@ -47,7 +47,7 @@ class Oracle(nn.Module):
         return out
 
 
-class Memo(nn.Module):
+class Memo(TorchBackend):
     """The real model, remembering its output per input image (keyed by the exact input bytes).
 
     The Darknet and COCO forms of coco128 feed identical tensors, so the comparisons below pay
@@ -55,19 +55,17 @@ class Memo(nn.Module):
     """
 
     def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.num_classes, self.input_size, self.max_stride, self.net = (
-            model.num_classes, model.input_size, model.max_stride, model.net)
+        super().__init__(model)
+        self.run = super().__call__
         self.cache: dict[bytes, torch.Tensor] = {}
         self.calls = 0
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
         keys = [x[i].numpy().tobytes() for i in range(x.shape[0])]
         todo = [i for i, k in enumerate(keys) if k not in self.cache]
         if todo:
             self.calls += 1
-            for i, out in zip(todo, self.model(x[todo])):
+            for i, out in zip(todo, self.run(x[todo])):
                 self.cache[keys[i]] = out
         return torch.stack([self.cache[k] for k in keys])
 
@@ -178,12 +176,14 @@ def test_cli_outputs(coco_info, tmp_path, capsys):
         assert img is not None and img.shape[0] > 100
 
 
-def test_evaluate_leaves_caller_model_alone(coco_info):
-    oracle = Oracle(coco_info.records[:4], 80).train()
+def test_evaluate_leaves_caller_model_alone(coco_info, fastest_cfg):
+    model = Darknet(fastest_cfg).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     info = drop_crowd(coco_info)
     info.records = info.records[:4]
-    evaluate(oracle, info, nms_thres=1.0, workers=0, verbose=False, batch_size=3)
-    assert oracle.training
+    evaluate(model, info, workers=0, verbose=False, batch_size=3, fuse=True)
+    assert model.training and not model.fused
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 # --- bad input -----------------------------------------------------------------------------------

@@ -1,9 +1,9 @@
 """The ``Detector`` Python API: one BGR image (or a list of them) -> ``ndarray[K, 6]`` boxes.
 
-Three steps, kept apart so that another inference engine can replace the middle one alone:
-``prepare`` (resize/letterbox by :mod:`yolo.boxes`, checks the input), :meth:`Detector.forward`
-(the model call: the only place that knows about the model, its device and its precision) and
-post-processing (score threshold, NMS, boxes mapped back to the original pixels).
+Three steps: ``prepare`` (resize/letterbox by :mod:`yolo.boxes`, checks the input), the engine
+(:mod:`yolo.backends`: torch or onnxruntime, in the precision asked for; the only place that knows
+about the model, its device and its precision) and post-processing (score threshold, NMS, boxes
+mapped back to the original pixels), the same whichever engine runs.
 """
 from __future__ import annotations
 
@@ -16,9 +16,8 @@ import torch
 
 from .boxes import Geometry, fit_image, postprocess, to_tensor
 from .cfg import REPO_ROOT, resolve_path
-from .checkpoint import load_weights
+from .backends import BackendError, load_backend
 from .io import read_names
-from .model import Darknet
 
 DATA_DIR = REPO_ROOT / "data"
 
@@ -134,30 +133,28 @@ class Detector:
     Preprocessing follows the cfg's ``letter_box`` (plain resize by default, as Darknet).
     """
 
-    def __init__(self, cfg: str | Path, weights: str | Path, names: str | Path | Sequence[str] | None = None,
+    def __init__(self, cfg: str | Path | None, weights: str | Path, names: str | Path | Sequence[str] | None = None,
                  device: str | torch.device = "cpu", img_size: int | Sequence[int] | None = None,
                  conf_thres: float = 0.25, nms_thres: float = 0.45, max_det: int = 100,
-                 classes: Sequence[int | str] | None = None, half: bool = False, batch_size: int = 16) -> None:
-        self.device = torch.device(device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise DetectError(f"device '{device}': CUDA is not available here; use device='cpu'")
-        if half and self.device.type != "cuda":
-            raise DetectError(f"half precision needs a CUDA device (got device '{self.device}'); "
-                              "fp16 convolutions on CPU are unsupported or slow")
+                 classes: Sequence[int | str] | None = None, half: bool = False, batch_size: int = 16,
+                 backend: str | None = None, precision: str | None = None) -> None:
+        """``backend``: ``torch`` or ``onnxruntime`` (default: by the weights file, ``.onnx`` ->
+        onnxruntime); ``precision``: fp32 (default), bf16, fp16 (``half=True`` is fp16) or int8,
+        where the engine and device support it. ``cfg`` may be None for a ``.onnx`` of ours."""
         if not 0.0 <= conf_thres <= 1.0 or not 0.0 <= nms_thres <= 1.0:
             raise DetectError(f"conf_thres and nms_thres must lie in [0, 1], got {conf_thres}, {nms_thres}")
         if max_det < 1 or batch_size < 1:
             raise DetectError(f"max_det and batch_size must be positive, got {max_det}, {batch_size}")
-        model = Darknet(cfg)
-        state = load_weights(model, weights)
-        self.half = half
-        self.model = model.fuse().to(self.device)
-        if half:
-            self.model.half()
-        self.num_classes = model.num_classes
-        self.names = resolve_names(names, state.get("names"), self.num_classes, cfg)
-        self.img_size = image_size(img_size, model.input_size, model.max_stride)
-        self.letter_box = bool(model.net.letter_box)
+        precision = precision or ("fp16" if half else "fp32")
+        try:
+            self.engine = load_backend(cfg, weights, backend, precision, device)
+        except BackendError as e:
+            raise DetectError(str(e)) from None
+        info = self.engine.info
+        self.num_classes = info.num_classes
+        self.names = resolve_names(names, info.names, self.num_classes, cfg or weights)
+        self.img_size = image_size(img_size, info.input_size, info.max_stride)
+        self.letter_box = info.letter_box
         self.conf_thres, self.nms_thres, self.max_det = float(conf_thres), float(nms_thres), int(max_det)
         self.batch_size = int(batch_size)
         self.classes = class_ids(classes, self.names)
@@ -169,9 +166,8 @@ class Detector:
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The engine: ``Tensor[B, 3, H, W]`` RGB in [0, 1] on the CPU -> raw ``(B, N, 5 + C)``
-        predictions in input pixels. The one method another backend replaces."""
-        x = x.to(self.device, non_blocking=True)
-        return self.model(x.half() if self.half else x)
+        float32 predictions in input pixels (:mod:`yolo.backends`)."""
+        return self.engine(x)
 
     @torch.inference_mode()
     def detect_prepared(self, prepared: Sequence[np.ndarray], geometries: Sequence[Geometry],

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .backends import Backend, ModelInfo
+from .backends.pytorch import TorchBackend
 from .boxes import Geometry, box_convert, denormalize_boxes, postprocess
 from .darknet_map import POINTS, darknet_letterbox_placement, darknet_map, darknet_nms, darknet_resize
 from .plots import plot_pr_curves
@@ -173,7 +175,7 @@ class DarknetEvalDataset(EvalDataset):
 # ---------------------------------------------------------------------------------------------
 # the evaluation loop
 # ---------------------------------------------------------------------------------------------
-def _size_hw(model: torch.nn.Module, img_size: int | Sequence[int] | None) -> tuple[int, int]:
+def _size_hw(model: ModelInfo, img_size: int | Sequence[int] | None) -> tuple[int, int]:
     if img_size is None:
         return tuple(model.input_size)  # type: ignore[return-value]
     if isinstance(img_size, int):
@@ -188,8 +190,26 @@ def _size_hw(model: torch.nn.Module, img_size: int | Sequence[int] | None) -> tu
     return size  # type: ignore[return-value]
 
 
+def _engine(model: torch.nn.Module | Backend, device: str | torch.device | None,
+            fuse: bool) -> tuple[Backend, bool | None]:
+    """The engine to evaluate with, and the caller's training flag to restore (None: not a module).
+    A ``Darknet`` is never moved or changed: a copy goes to another device or gets fused."""
+    if isinstance(model, Backend):
+        return model, None
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    was_training = model.training
+    net = model
+    if next(model.parameters()).device != device:
+        net = copy.deepcopy(model).to(device)
+    if fuse and not getattr(net, "fused", False):
+        net = (copy.deepcopy(net) if net is model else net).fuse()
+    return TorchBackend(net.eval(), "fp32", device), was_training
+
+
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, info: DatasetInfo, img_size: int | Sequence[int] | None = None,
+def evaluate(model: torch.nn.Module | Backend, info: DatasetInfo, img_size: int | Sequence[int] | None = None,
              batch_size: int = 16, conf_thres: float | None = None, nms_thres: float = 0.45,
              max_det: int | None = None, workers: int = 2, device: str | torch.device | None = None,
              save_json: str | Path | None = None, plots_dir: str | Path | None = None, verbose: bool = True,
@@ -197,7 +217,9 @@ def evaluate(model: torch.nn.Module, info: DatasetInfo, img_size: int | Sequence
              iou_thres: float = 0.5, conf_thres_report: float = 0.25) -> dict[str, Any]:
     """COCO mAP of ``model`` on ``info`` (the function train.py calls after each epoch).
 
-    The caller's model is left as it was (mode restored; with ``fuse=True`` a fused copy is
+    ``model`` is a ``Darknet`` (run by the torch engine) or any engine of :mod:`yolo.backends`
+    (onnxruntime, reduced precision): pre- and post-processing are the same for all. The
+    caller's model is left as it was (mode restored; with ``fuse=True`` a fused copy is
     evaluated). Unreadable images are warned about, skipped and left out of the ground truth,
     so the rest is still scored. Returns the metrics dict: map, map50, map75, stats (the 12
     COCOeval numbers), per_class {name: {ap, ap50, gt}}, images, skipped, detections,
@@ -219,25 +241,15 @@ def evaluate(model: torch.nn.Module, info: DatasetInfo, img_size: int | Sequence
         conf_thres = 0.005 if darknet else 0.001
     if max_det is None:
         max_det = 0 if darknet else 100
-    if model.num_classes != info.num_classes:
+    engine, was_training = _engine(model, device, fuse)
+    minfo = engine.info
+    if minfo.num_classes != info.num_classes:
         raise EvalError(f"{info.source}: the dataset has {info.num_classes} classes but the model "
-                        f"({getattr(model, 'cfg_path', type(model).__name__)}) predicts {model.num_classes}")
-    size_hw = _size_hw(model, img_size)
+                        f"({minfo.cfg_name}) predicts {minfo.num_classes}")
+    size_hw = _size_hw(minfo, img_size)
     if letter_box is None:
-        letter_box = bool(model.net.letter_box)
-    if device is None:
-        device = next(model.parameters()).device
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    was_training = model.training
-    net = model
-    if next(model.parameters()).device != device:  # never move the caller's model
-        net = copy.deepcopy(model).to(device)
-    if fuse and not getattr(net, "fused", False):
-        net = (copy.deepcopy(net) if net is model else net).fuse()
-    net.eval()
-    cuda = device.type == "cuda"
+        letter_box = minfo.letter_box
+    cuda = engine.device.type == "cuda"
     problems = Problems()
     records = info.records
     dataset_cls = DarknetEvalDataset if darknet else EvalDataset  # Darknet resizes its own way
@@ -249,9 +261,8 @@ def evaluate(model: torch.nn.Module, info: DatasetInfo, img_size: int | Sequence
     sizes: dict[int, tuple[int, int]] = {}
     det_chunks: list[np.ndarray] = []
     raw_dets: dict[int, np.ndarray] = {}  # metric="darknet": per image x1, y1, x2, y2, score, class
-    head = model.yolo_layers[-1].settings if getattr(model, "yolo_layers", None) else None
-    nms_kind = getattr(head, "nms_kind", "default")  # Darknet's map reads its last [yolo]
-    beta_nms = getattr(head, "beta_nms", 0.6)
+    nms_kind = minfo.extra.get("nms_kind", "default")  # Darknet's map reads its last [yolo]
+    beta_nms = minfo.extra.get("beta_nms", 0.6)
     t_pre = t_inf = t_nms = 0.0
     category_ids = np.asarray(info.category_ids, np.float64)
     try:
@@ -262,13 +273,13 @@ def evaluate(model: torch.nn.Module, info: DatasetInfo, img_size: int | Sequence
             if not batch.indices:
                 continue
             t0 = time.perf_counter()
-            x = batch.images.to(device, non_blocking=True)
+            x = batch.images.to(engine.device, non_blocking=True) if cuda else batch.images
             if cuda:
-                torch.cuda.synchronize(device)
+                torch.cuda.synchronize(engine.device)
             t1 = time.perf_counter()
-            pred = net(x)
+            pred = engine(x)
             if cuda:
-                torch.cuda.synchronize(device)
+                torch.cuda.synchronize(engine.device)
             t2 = time.perf_counter()
             if darknet:
                 pred_np = pred.detach().float().cpu().numpy()
@@ -301,7 +312,8 @@ def evaluate(model: torch.nn.Module, info: DatasetInfo, img_size: int | Sequence
             t_inf += t2 - t1
             t_nms += t3 - t2
     finally:
-        model.train(was_training)
+        if was_training is not None:
+            model.train(was_training)
 
     done.sort()
     dets = np.concatenate(det_chunks) if det_chunks else np.zeros((0, 7))

@@ -17,6 +17,7 @@ from typing import Callable, NoReturn, Sequence
 import torch
 
 from ..cfg import REPO_ROOT, ConfigError
+from ..backends import BACKENDS, PRECISIONS, BackendError
 from ..checkpoint import CheckpointError
 from ..io import InputFileError
 from ..weights import WeightsError
@@ -28,7 +29,7 @@ class UserError(Exception):
 
 #: Exceptions that describe the user's input rather than a bug; extended by tools that need more.
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    UserError, ConfigError, WeightsError, CheckpointError, InputFileError, FileNotFoundError, PermissionError,
+    UserError, ConfigError, WeightsError, CheckpointError, InputFileError, BackendError, FileNotFoundError, PermissionError,
     IsADirectoryError, NotADirectoryError, FileExistsError,
 )
 
@@ -121,7 +122,24 @@ def user_errors(*extra: type[BaseException]) -> Callable:
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    """--cfg and --weights, defaulting to the shipped model (detect and test)."""
-    p.add_argument("--cfg", default=str(DEFAULT_CFG), help="Darknet cfg (path, or a name in cfg/)")
+    """--cfg, --weights (defaulting to the shipped model), --backend, --precision, --half (detect and test)."""
+    p.add_argument("--cfg", default=None,
+                   help="Darknet cfg (path, or a name in cfg/); default: the shipped model's, or none for an .onnx")
     p.add_argument("--weights", default=str(DEFAULT_WEIGHTS),
-                   help="Darknet .weights or a .pt checkpoint (path, or a name in weights/)")
+                   help="Darknet .weights, a .pt checkpoint or an .onnx export (path, or a name in weights/)")
+    p.add_argument("--backend", choices=BACKENDS, default=None,
+                   help="inference engine (default: onnxruntime for an .onnx file, else torch)")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="fp32 (default), bf16 (CPU with AVX-512 BF16 / AMX, or CUDA), fp16 (CUDA), int8 (.onnx)")
+    p.add_argument("--half", action="store_true", help="same as --precision fp16")
+
+
+def engine_args(args: argparse.Namespace) -> dict:
+    """--cfg/--backend/--precision/--half resolved: the shipped cfg goes with the shipped weights."""
+    cfg = args.cfg
+    if cfg is None and not str(args.weights).lower().endswith(".onnx"):
+        cfg = str(DEFAULT_CFG)
+    if args.half and args.precision not in (None, "fp16"):
+        raise UserError(f"--half means --precision fp16, but --precision {args.precision} was given")
+    return {"cfg": cfg, "weights": args.weights, "backend": args.backend,
+            "precision": "fp16" if args.half else (args.precision or "fp32")}

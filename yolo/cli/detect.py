@@ -14,7 +14,7 @@ from ..cfg import REPO_ROOT
 from ..detector import DetectError, Detector
 from ..outputs import Summary, detect_source
 from ..sources import resolve_source
-from .common import ArgumentParser, add_model_args, UserError, increment_dir, parse_device, user_errors
+from .common import ArgumentParser, add_model_args, engine_args, UserError, increment_dir, parse_device, user_errors
 
 DEFAULT_SOURCE = REPO_ROOT / "data" / "samples"
 
@@ -36,7 +36,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", nargs="+", default=None, metavar="C",
                    help="keep only these classes (ids or names)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or N")
-    p.add_argument("--half", action="store_true", help="fp16 inference (CUDA only)")
     p.add_argument("--batch-size", type=int, default=8, help="images or video frames per forward pass")
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                    help="threads decoding and writing images (0: none, all in the main thread)")
@@ -67,9 +66,9 @@ def run(args: argparse.Namespace) -> Summary:
         raise UserError(f"--batch-size must be positive and --workers >= 0, got {args.batch_size}, {args.workers}")
     source = resolve_source(args.source)  # before loading the model: a typo fails fast
     img_size = [v for group in args.img_size for v in group] if args.img_size else None
-    detector = Detector(args.cfg, args.weights, names=args.names, device=device, img_size=img_size,
-                        conf_thres=args.conf_thres, nms_thres=args.nms_thres, max_det=args.max_det,
-                        classes=args.classes, half=args.half, batch_size=args.batch_size)
+    detector = Detector(names=args.names, device=device, img_size=img_size, conf_thres=args.conf_thres,
+                        nms_thres=args.nms_thres, max_det=args.max_det, classes=args.classes,
+                        batch_size=args.batch_size, **engine_args(args))
     writes = not args.no_save or args.save_txt or args.save_json
     output = Path(args.output) if args.output else (increment_dir(Path("runs") / "detect") if writes else None)
     return detect_source(detector, source, output, save=not args.no_save, save_txt=args.save_txt,

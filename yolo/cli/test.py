@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from .common import ArgumentParser, add_model_args, UserError, parse_device, user_errors
+from .common import ArgumentParser, add_model_args, engine_args, UserError, parse_device, user_errors
 
 
 
@@ -69,10 +69,9 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Load model and data from parsed arguments and evaluate; the CLI's whole job."""
-    from ..checkpoint import load_weights
+    from ..backends import load_backend
     from ..datasets import load_dataset
     from ..evaluate import evaluate
-    from ..model import Darknet
 
     device = parse_device(args.device)
     if args.batch_size < 1 or args.workers < 0 or (args.max_det is not None and args.max_det < 0):
@@ -93,9 +92,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         import torch
 
         torch.set_num_threads(max(1, (os.cpu_count() or 1) - args.workers))
-    model = Darknet(args.cfg)
-    load_weights(model, args.weights)
-    model.fuse().to(device)
+    model = load_backend(device=device, **engine_args(args))
     img_size = args.img_size if args.img_size is None or len(args.img_size) > 1 else args.img_size[0]
     print(f"{len(info.records)} images from {info.source}"
           + (f" (skipped: {info.problems.summary()})" if info.problems else ""), file=sys.stderr)
