@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from types import SimpleNamespace
 from pathlib import Path
 
 import cv2

@@ -4,7 +4,6 @@ their collates. Records come from :mod:`yolo.datasets`; pixels go through :mod:`
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
