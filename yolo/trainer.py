@@ -383,13 +383,13 @@ class Trainer:
         if self.world > 1:
             model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.net = model  # what trains (maybe DDP-wrapped); self.model stays the Darknet
+        self.wrapped = model  # what trains (DDP-wrapped under torchrun); self.model stays the Darknet
         return state
 
     # --- the run -----------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         """Train until the planned epochs / steps; saves last.pt on Ctrl-C. Returns the summary."""
-        o, state = self.opts, self.state
+        state = self.state
         self.say(f"training {len(self.train_info.records)} images, validating on {len(self.val_info.records)}; "
                  f"output: {self.out}")
         try:
@@ -416,7 +416,7 @@ class Trainer:
         return summary
 
     def checkpoint(self, epoch_done: bool) -> dict[str, Any]:
-        return training_state(self.net, self.ema, self.optimizer, self.scaler, self.state, self.hyp, self.names,
+        return training_state(self.wrapped, self.ema, self.optimizer, self.scaler, self.state, self.hyp, self.names,
                               asdict(self.opts), epoch_done=epoch_done)
 
     def _loader(self) -> torch.utils.data.DataLoader:
@@ -436,7 +436,7 @@ class Trainer:
         that an interrupt can save it. Returns the epoch's mean losses, last lr and data-wait share."""
         state, plan = self.state, self.plan
         loader = self._loader()
-        set_train_mode(self.net, self.opts.freeze)
+        set_train_mode(self.wrapped, self.opts.freeze)
         sums, count, micro, wait, busy = torch.zeros(4), 0, 0, 0.0, 0.0
         n_batches = len(loader)
         bar = tqdm(total=state.batch_in_epoch + n_batches, initial=state.batch_in_epoch, unit="batch",
@@ -481,11 +481,11 @@ class Trainer:
             lo, hi = self.ms_range
             size = multiscale_size(state.step, o.seed, lo, hi, self.model.max_stride)
             imgs = resize_batch(imgs, size, o.channels_last)
-        no_sync: ContextManager = (self.net.no_sync() if not sync and hasattr(self.net, "no_sync")
+        no_sync: ContextManager = (self.wrapped.no_sync() if not sync and hasattr(self.wrapped, "no_sync")
                                    else contextlib.nullcontext())
         with no_sync:
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-                outputs = self.net(imgs)
+                outputs = self.wrapped(imgs)
             loss, parts = self.loss_fn(outputs, batch["targets"], tuple(imgs.shape[-2:]))
             if not torch.isfinite(loss):
                 raise TrainingError(f"non-finite loss ({loss.item()}) at step {state.step}, epoch "
@@ -507,7 +507,7 @@ class Trainer:
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.ema.update(self.net)
+        self.ema.update(self.wrapped)
         state.step += 1
         state.batch_in_epoch += minibatches
         self.model.seen = state.seen

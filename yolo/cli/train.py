@@ -48,9 +48,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--momentum", type=float, help="[net] momentum")
     g.add_argument("--decay", type=float, help="[net] decay (weight decay of conv weights)")
     g.add_argument("--burn-in", type=int, help="[net] burn_in, warm-up steps (lr * (i/burn_in)^power); "
-                                               "default: the cfg's, compressed to the run's length")
+                                               "default: the cfg's, shrunk to the run's length")
     g.add_argument("--steps", help="[net] steps, comma-separated optimiser steps (default: the cfg's, "
-                                   "compressed to the run's length)")
+                                   "shrunk to the run's length)")
     g.add_argument("--scales", help="[net] scales, comma-separated")
     g.add_argument("--nesterov", action="store_true", default=None, help="Nesterov momentum")
     g.add_argument("--jitter", type=float, help="[yolo] jitter (random crop/scale/translate)")
