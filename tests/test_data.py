@@ -176,3 +176,51 @@ def test_eval_dataset_letterbox_geometry(coco_info):
     img, i, geom, _ = EvalDataset([rec], (320, 320), letter_box=True)[0]
     assert img.shape == (320, 320, 3) and i == 0
     assert geom.orig_hw == (480, 640) and geom.pad_xy == (0.0, 40.0)
+
+
+def test_windows_and_odd_label_files_read_as_darknet_would(tmp_path):
+    """CRLF endings, a UTF-8 BOM, trailing spaces and scientific notation are fine; NaN, negative
+    and zero sizes are named and skipped; a .data file written on Windows reads the same."""
+    ds = tmp_path / "ds"
+    img = _image(ds / "images" / "a.jpg")
+    (ds / "labels").mkdir(parents=True)
+    (ds / "labels" / "a.txt").write_bytes(
+        "\ufeff0 0.5 0.5 0.2 0.2  \r\n1 5e-1 3.0E-1 1e-1 1e-1\r\n0 nan 0.5 0.2 0.2\r\n"
+        "1 0.5 0.5 -0.2 0.2\r\n1 0.5 0.5 0.2 0\r\n\r\n".encode("utf-8"))
+    (ds / "list.txt").write_bytes(f"{img}\r\n".encode())
+    data = ds / "a.data"
+    data.write_bytes("\ufeffclasses = 2\r\nvalid = list.txt\r\n".encode("utf-8"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        info = load_dataset(data)
+    msgs = [str(w.message) for w in caught if issubclass(w.category, DataWarning)]
+    label = ds / "labels" / "a.txt"
+    np.testing.assert_allclose(info.records[0].labels, [[0, .5, .5, .2, .2], [1, .5, .3, .1, .1]], rtol=1e-6)
+    assert [m.split(":")[1] for m in msgs if str(label) in m] == ["3", "4", "5"]
+    assert all("w, h > 0" in m for m in msgs)
+    assert info.problems.counts == {"bad label line": 3}
+
+
+def test_coco_json_with_missing_keys_and_zero_area_boxes(tmp_path):
+    img = _image(tmp_path / "imgs" / "a.jpg")
+    _image(tmp_path / "imgs" / "b.jpg")
+    ann = {"images": [{"id": 1, "file_name": img.name, "width": 64, "height": 48},
+                      {"id": 2, "file_name": "b.jpg"},  # no size
+                      {"id": 3, "file_name": "b.jpg", "width": 0, "height": 48}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 5, "bbox": [8, 8, 16, 16]},
+                           {"id": 2, "image_id": 1, "category_id": 5, "bbox": [8, 8, 0, 16]},  # zero area
+                           {"id": 3, "image_id": 1, "bbox": [1, 1, 5, 5]},  # no category
+                           {"id": 4, "image_id": 1, "category_id": 5, "bbox": [1, "x", 5, 5]},
+                           {"id": 5, "image_id": 1, "category_id": 5, "bbox": [1, 1, float("nan"), 5]}],
+           "categories": [{"id": 5, "name": "thing"}]}
+    path = _write(tmp_path / "ann.json", json.dumps(ann))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        info = load_dataset(path, tmp_path / "imgs")
+    assert [r.image_id for r in info.records] == [1]
+    np.testing.assert_allclose(info.records[0].labels, [[0, 16 / 64, 16 / 48, 16 / 64, 16 / 48]], rtol=1e-6)
+    assert info.problems.counts == {"bad annotation": 4, "bad image entry": 2}
+    assert all(str(path) in str(w.message) for w in caught if issubclass(w.category, DataWarning))
+    bad = _write(tmp_path / "nocat.json", json.dumps({**ann, "categories": [{"name": "thing"}]}))
+    with pytest.raises(DataError, match=r"nocat\.json: a category without a usable 'id'"):
+        load_dataset(bad, tmp_path / "imgs")

@@ -131,9 +131,11 @@ def parse_data_file(path: str | Path) -> tuple[dict[str, str], dict[str, int]]:
     """``key = value`` lines of a Darknet ``.data`` file -> (options, line of each key)."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")
     except OSError as e:
         raise DataError(f"cannot read data file '{path}': {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not a text .data file (undecodable byte at offset {e.start})") from None
     options: dict[str, str] = {}
     lines: dict[str, int] = {}
     for lineno, raw in enumerate(text.splitlines(), start=1):
@@ -165,7 +167,7 @@ def parse_label_file(path: Path, num_classes: int, problems: Problems) -> np.nda
     """YOLO label lines ``class cx cy w h`` -> float32 [K, 5]; a bad line is warned about and skipped."""
     rows: list[list[float]] = []
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")  # a BOM from a Windows editor is not a field
     except (OSError, UnicodeDecodeError) as e:
         problems.add("unreadable label file", f"{path}: cannot read label file ({e}); no objects used")
         return np.zeros((0, 5), np.float32)
@@ -248,7 +250,11 @@ def load_coco(ann_file: str | Path, images: str | Path | None = None) -> Dataset
     image_dir = Path(images)
     if not image_dir.is_dir():
         raise DataError(f"image folder not found: '{image_dir}' (for {ann_file}; pass --images DIR)")
-    cats = sorted(data["categories"], key=lambda c: c["id"])
+    try:
+        cats = sorted(data["categories"], key=lambda c: int(c["id"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise DataError(f"{ann_file}: a category without a usable 'id' ({type(e).__name__}: {e}); "
+                        "every category needs an integer id") from None
     category_ids = [int(c["id"]) for c in cats]
     names = [str(c.get("name", c["id"])) for c in cats]
     cls_of = {cid: i for i, cid in enumerate(category_ids)}
@@ -256,20 +262,25 @@ def load_coco(ann_file: str | Path, images: str | Path | None = None) -> Dataset
     for n, a in enumerate(data["annotations"]):
         try:
             x, y, w, h = (float(v) for v in a["bbox"])
+            if not np.isfinite([x, y, w, h]).all():
+                raise ValueError(f"bbox {a['bbox']}")
             cls = cls_of[a["category_id"]]
             by_image.setdefault(int(a["image_id"]), []).append(
                 {"box": (x, y, w, h), "cls": cls, "crowd": bool(a.get("iscrowd", 0)),
                  "area": float(a.get("area", w * h)), "id": a.get("id", n)})
-        except (KeyError, TypeError, ValueError) as e:
-            problems.add("bad annotation", f"{ann_file}: annotation #{n} (id {a.get('id', '?')}): "
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            problems.add("bad annotation", f"{ann_file}: annotation #{n} (id {a.get('id', '?') if isinstance(a, dict) else '?'}): "
                                            f"unusable ({type(e).__name__}: {e}); skipped")
     records: list[ImageRecord] = []
     for img in data["images"]:
         try:
             image_id, file_name = int(img["id"]), str(img["file_name"])
             width, height = int(img["width"]), int(img["height"])
-        except (KeyError, TypeError, ValueError) as e:
-            problems.add("bad image entry", f"{ann_file}: image entry {img!r:.80}: unusable ({e}); skipped")
+            if width < 1 or height < 1:
+                raise ValueError(f"width {width}, height {height}")
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            problems.add("bad image entry", f"{ann_file}: image entry {img!r:.80}: unusable "
+                                            f"({type(e).__name__}: {e}); skipped")
             continue
         path = image_dir / file_name
         if not path.is_file():
