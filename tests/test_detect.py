@@ -364,3 +364,36 @@ def test_api_reads_pt_checkpoint_with_its_names(tmp_path: Path, fastest_cfg: Pat
     assert det.names == names
     dog = cv2.imread(str(samples_dir / "dog.jpg"))
     np.testing.assert_allclose(det(dog), detector(dog), atol=1e-4)
+
+
+def test_video_whose_frame_size_changes_midway_keeps_every_frame(tmp_path: Path, detector: Detector,
+                                                                 samples_dir: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    dog = cv2.imread(str(samples_dir / "dog.jpg"))
+    frames = [cv2.resize(dog, (320, 240))] * 3 + [cv2.resize(dog, (200, 150))] * 2
+
+    class Capture:  # a stream that changes resolution after 3 frames
+        def __init__(self, spec: str) -> None:
+            self.i = 0
+
+        def isOpened(self) -> bool:
+            return True
+
+        def get(self, prop: int) -> float:
+            return {cv2.CAP_PROP_FPS: 5.0, cv2.CAP_PROP_FRAME_COUNT: 5.0}.get(prop, 0.0)
+
+        def read(self) -> tuple[bool, np.ndarray | None]:
+            self.i += 1
+            return (True, frames[self.i - 1].copy()) if self.i <= len(frames) else (False, None)
+
+        def release(self) -> None:
+            pass
+
+    monkeypatch.setattr(cv2, "VideoCapture", Capture)
+    summary = detect_source(detector, "rtsp://camera/stream", tmp_path / "out", save_json=True, progress=False)
+    monkeypatch.undo()
+    assert (summary.frames, summary.bad_frames, summary.resized_frames) == (5, 0, 2)
+    assert "2 frame(s) of another size" in summary.line()
+    assert _count_frames(summary.saved[0]) == (5, (320, 240))
+    dogs = [r for r in json.loads((tmp_path / "out" / "detections.json").read_text()) if r["class_name"] == "dog"]
+    assert {r["frame"] for r in dogs} == set(range(5))  # detected at either size

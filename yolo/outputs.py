@@ -41,6 +41,7 @@ class Summary:
     skipped: int = 0  # unreadable images
     frames: int = 0
     bad_frames: int = 0  # frames that failed to decode
+    resized_frames: int = 0  # video frames of another size than the first, scaled to fit the output video
     detections: int = 0
     seconds: float = 0.0
     per_class: Counter = field(default_factory=Counter)
@@ -73,6 +74,8 @@ class Summary:
             parts.append(f"{self.skipped} unreadable image(s) skipped")
         if self.bad_frames:
             parts.append(f"{self.bad_frames} undecodable frame(s) skipped")
+        if self.resized_frames:
+            parts.append(f"{self.resized_frames} frame(s) of another size scaled to the video's")
         if self.interrupted:
             parts.append("stopped early")
         return ", ".join(parts)
@@ -134,6 +137,8 @@ class Outputs:
         self._pending: deque[Future | Path] = deque()
         self._used: set[str] = set()
         self._video: cv2.VideoWriter | None = None
+        self._video_wh: tuple[int, int] = (0, 0)
+        self.resized_frames = 0  # a stream whose frame size changes midway: frames scaled to the first's
         if output is not None and (save_media or save_txt or save_json):
             output.mkdir(parents=True, exist_ok=True)
             if save_txt:
@@ -195,7 +200,16 @@ class Outputs:
             assert self.output is not None
             size_wh = (annotated.shape[1], annotated.shape[0])
             self._video, target = video_writer(self.output / self.source.stem, self.fps, size_wh)
+            self._video_wh = size_wh
             self.saved.append(target)
+        if (annotated.shape[1], annotated.shape[0]) != self._video_wh:
+            # a video file has one frame size; OpenCV's writer silently drops frames of another
+            if not self.resized_frames:
+                log.warning("warning: %s: the frame size changed from %dx%d to %dx%d; frames are scaled to "
+                            "the first size in the output video", self.source.spec, *self._video_wh,
+                            annotated.shape[1], annotated.shape[0])
+            self.resized_frames += 1
+            annotated = cv2.resize(annotated, self._video_wh, interpolation=cv2.INTER_AREA)
         self._video.write(annotated)
 
     def close(self) -> list[Path]:
@@ -246,6 +260,7 @@ def detect_source(detector: Detector, source: Source | str | int, output: str | 
                 _run(detector, reader, outputs, summary, view, batch_size, progress, verbose)
             finally:
                 summary.saved = outputs.close()
+                summary.resized_frames = outputs.resized_frames
     except KeyboardInterrupt:
         summary.interrupted = True
         if source.kind != "webcam":
