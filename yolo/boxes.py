@@ -24,12 +24,13 @@ class Geometry:
     scale_xy: tuple[float, float]  # input pixels per original pixel, x and y
     pad_xy: tuple[float, float]  # left, top padding in input pixels
 
-    def to_original(self, boxes: np.ndarray) -> np.ndarray:
-        """Input-pixel x1y1x2y2 -> original-image pixels, clipped to the image."""
-        out = boxes.astype(np.float32, copy=True)
+    def to_original(self, boxes: np.ndarray, clip: bool = True, dtype: type = np.float32) -> np.ndarray:
+        """Input-pixel x1y1x2y2 -> original-image pixels, clipped to the image unless ``clip=False``
+        (Darknet's own mAP scores unclipped boxes)."""
+        out = boxes.astype(dtype, copy=True)
         out[:, [0, 2]] = (out[:, [0, 2]] - self.pad_xy[0]) / self.scale_xy[0]
         out[:, [1, 3]] = (out[:, [1, 3]] - self.pad_xy[1]) / self.scale_xy[1]
-        return clip_boxes(out, self.orig_hw[1], self.orig_hw[0])
+        return clip_boxes(out, self.orig_hw[1], self.orig_hw[0]) if clip else out
 
     def to_input(self, boxes: np.ndarray) -> np.ndarray:
         """Original-image x1y1x2y2 -> network-input pixels (the inverse of to_original)."""

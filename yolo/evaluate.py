@@ -294,8 +294,7 @@ def evaluate(model: torch.nn.Module | Backend, info: DatasetInfo, img_size: int 
                 sizes[i] = geom.orig_hw
                 if darknet:  # Darknet does not clip its boxes to the image
                     raw = out.astype(np.float64, copy=True)
-                    raw[:, [0, 2]] = (raw[:, [0, 2]] - geom.pad_xy[0]) / geom.scale_xy[0]
-                    raw[:, [1, 3]] = (raw[:, [1, 3]] - geom.pad_xy[1]) / geom.scale_xy[1]
+                    raw[:, :4] = geom.to_original(raw[:, :4], clip=False, dtype=np.float64)
                     raw_dets[i] = raw
                 if len(out) == 0:
                     continue
