@@ -57,6 +57,6 @@ class NetConfig:
         if net.batch < 1 or net.subdivisions < 1 or net.batch % net.subdivisions:
             raise s.error(f"batch={net.batch} must be a positive multiple of subdivisions={net.subdivisions}",
                           "subdivisions")
-        if net.policy in ("steps", "step") and len(net.steps) != len(net.scales) and net.policy == "steps":
+        if net.policy == "steps" and len(net.steps) != len(net.scales):
             raise s.error(f"{len(net.steps)} steps but {len(net.scales)} scales", "scales")
         return net
