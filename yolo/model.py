@@ -193,6 +193,13 @@ class Darknet(nn.Module):
         self.deployed_sections = sorted(edits)
         return self
 
+    def export_onnx(self, path: str | Path, img_size: int | tuple[int, int] | None = None, batch: int = 1,
+                    dynamic: bool = False, names: list[str] | None = None, check: bool = True) -> Path:
+        """Write the eval graph (boxes decoded, NMS outside) to ``path`` as ONNX with our metadata;
+        the model itself is not changed. See :func:`yolo.export.export_onnx`."""
+        from .export import export_onnx
+        return export_onnx(self, path, img_size, batch, dynamic, names, check=check)
+
 
 def physical_memory() -> int:
     """Bytes of RAM on this machine (a generous ceiling for one network at batch 1)."""

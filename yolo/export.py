@@ -1,0 +1,404 @@
+"""ONNX export (+ INT8 quantisation): ``python -m yolo.export --cfg C --weights W --out model.onnx``.
+
+The graph computes the eval contract of :class:`yolo.model.Darknet`: one input ``images``
+``(B, 3, H, W)`` float32 RGB in [0, 1] and one output ``predictions`` ``(B, N, 5 + C)``: cx, cy,
+w, h in input pixels, objectness, class probabilities (the [yolo] decode is in the graph, NMS
+is not: post-processing stays in :mod:`yolo.boxes`, shared by every engine). Opset 17.
+
+The file's ``metadata_props`` carry what pre- and post-processing need (class names, cfg name,
+input size, ``letter_box``, strides, max stride, nms_kind / beta_nms), so a ``.onnx`` alone runs:
+``python detect.py --weights model.onnx``. ``--int8`` writes a statically quantised copy (QDQ,
+per-channel int8 weights, uint8 activations) calibrated on images you name, pre-processed exactly
+as at inference (:func:`yolo.boxes.fit_image` + :func:`yolo.boxes.to_tensor`); the [yolo]
+decode and the heads' last convolutions stay fp32 (see :data:`KEEP_FP32`).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import re
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .backends import BackendError
+
+METADATA_VERSION = "1"
+INPUT_NAME, OUTPUT_NAME = "images", "predictions"
+OPSET = 17
+#: What stays fp32 in an INT8 export, by measurement on coco128 (yolo-fastest-1.1, see the
+#: README): "decode" = the [yolo] decode only; "heads" = + each head's last convolution.
+KEEP_FP32 = ("decode", "heads")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+DEFAULT_CALIB_IMAGES = 64
+
+
+class ExportError(ValueError):
+    """A model or request the ONNX export cannot honour; the message names the section or option."""
+
+
+# ---------------------------------------------------------------------------------------------
+# fp32 export
+# ---------------------------------------------------------------------------------------------
+def _inference_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A fused, eval-mode, NCHW, CPU copy of ``model`` (the caller's model is left as it is)."""
+    m = copy.deepcopy(model).cpu().eval()
+    for layer in m.yolo_layers:  # a grid cached at one size would enter the trace as a constant
+        layer._grids = {}  # noqa: SLF001
+    if not m.fused:
+        m.fuse(channels_last=False)
+    return m.to(memory_format=torch.contiguous_format)
+
+
+def _maxpool_plans_fixed(model: torch.nn.Module, hw: tuple[int, int]) -> None:
+    """A dynamic graph bakes each [maxpool]'s padding plan at the export size: refuse, naming the
+    section, a pool whose plan differs at another multiple of the stride."""
+    from .blocks.routing import MaxPool
+
+    s = model.max_stride
+    sizes = [hw, (hw[0] + s, hw[1] + s), (hw[0] + 2 * s, hw[1] + 3 * s)]
+    in_shapes = []
+    for h, w in sizes:
+        out = model.output_shapes(h, w)
+        in_shapes.append([(h, w)] + [o[1:] for o in out[:-1]])
+    for i, block in enumerate(model.module_list):
+        if isinstance(block, MaxPool):
+            plans = {block._plan(*shapes[i]) for shapes in in_shapes}  # noqa: SLF001 (the plan is the point)
+            if len(plans) > 1:
+                raise ExportError(f"{block.where}: [maxpool] size={block.size} stride={block.step} "
+                                  f"padding={block.padding} pads differently at different input sizes; "
+                                  "ONNX MaxPool padding is fixed: export without --dynamic (one size)")
+
+
+def _trace(model: torch.nn.Module, x: torch.Tensor, path: Path, dynamic: bool, opset: int) -> None:
+    """torch.onnx (TorchScript tracer); an error is reported with the section being traced."""
+    current: list[Any] = [None]
+    hooks = [b.register_forward_pre_hook(lambda mod, args: current.__setitem__(0, mod)) for b in model.module_list]
+    axes = ({INPUT_NAME: {0: "batch", 2: "height", 3: "width"}, OUTPUT_NAME: {0: "batch", 1: "boxes"}}
+            if dynamic else None)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # tracer notes on shape constants (checked after export)
+            torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
+                              output_names=[OUTPUT_NAME], dynamic_axes=axes, do_constant_folding=True)
+    except Exception as e:  # noqa: BLE001 (any tracer/symbolic failure becomes one message naming the section)
+        block = current[0]
+        where = f"{block.where}: [{block.section_type}]" if block is not None else "the model"
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ExportError(f"{where} cannot be expressed in ONNX opset {opset}: {first}") from e
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def model_metadata(model: torch.nn.Module, names: Sequence[str], hw: tuple[int, int], batch: int | None,
+                   precision: str = "fp32") -> dict[str, str]:
+    """The ``metadata_props`` of an export (all strings; lists as JSON)."""
+    head = model.yolo_layers[-1].settings if model.yolo_layers else None
+    return {
+        "yolo.format": METADATA_VERSION,
+        "producer": "yolo.export",
+        "cfg_name": model.cfg_path.name,
+        "num_classes": str(model.num_classes),
+        "names": json.dumps(list(names)),
+        "input_size": json.dumps(list(hw)),  # (height, width)
+        "letter_box": str(int(bool(model.net.letter_box))),
+        "strides": json.dumps([float(s) for s in model.strides]),
+        "max_stride": str(model.max_stride),
+        "nms_kind": head.nms_kind if head else "default",
+        "beta_nms": str(head.beta_nms if head else 0.6),
+        "batch": "dynamic" if batch is None else str(batch),
+        "dynamic_size": "0",
+        "precision": precision,
+        "yolo.blocks": json.dumps([i for i, b in enumerate(model.module_list) if b.is_output]),
+    }
+
+
+def set_metadata(path: Path, meta: dict[str, str]) -> None:
+    import onnx
+
+    proto = onnx.load(str(path))
+    keep = [p for p in proto.metadata_props if p.key not in meta]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(keep)
+    for k, v in meta.items():
+        proto.metadata_props.add(key=k, value=v)
+    proto.doc_string = f"Darknet {meta.get('cfg_name', '')} exported by yolo.export (eval contract, NMS outside)"
+    onnx.save(proto, str(path))
+
+
+def check_onnx(model: torch.nn.Module, path: Path, shapes: Sequence[tuple[int, int, int]], tol: float = 1e-4) -> float:
+    """Runs ``path`` in onnxruntime against ``model`` on random inputs of each (batch, h, w) in ``shapes``:
+    boxes / input size and scores must agree within ``tol``; returns the largest such error."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    g = torch.Generator().manual_seed(0)
+    for b, h, w in shapes:
+        x = torch.rand(b, 3, h, w, generator=g)
+        with torch.no_grad():
+            ref = model(x)
+        out = torch.from_numpy(session.run(None, {INPUT_NAME: x.numpy()})[0])
+        if out.shape != ref.shape:
+            raise ExportError(f"{path}: onnxruntime output {tuple(out.shape)} != PyTorch {tuple(ref.shape)} "
+                              f"at input {b}x3x{h}x{w}")
+        scale = torch.tensor([w, h, w, h] + [1.0] * (ref.shape[-1] - 4))
+        err = float(((out - ref).abs() / scale).max()) if ref.numel() else 0.0
+        worst = max(worst, err)
+        if not err <= tol:
+            raise ExportError(f"{path}: onnxruntime differs from PyTorch by {err:.3g} (boxes / input size, "
+                              f"scores) at input {b}x3x{h}x{w}; the trace did not capture the model")
+    return worst
+
+
+def export_onnx(model: torch.nn.Module, out: str | Path, img_size: int | Sequence[int] | None = None,
+                batch: int = 1, dynamic: bool = False, names: Sequence[str] | None = None, opset: int = OPSET,
+                check: bool = True) -> Path:
+    """Write ``model``'s eval graph to ``out`` (``.onnx``) with our metadata; returns the path.
+
+    ``img_size``: one size or (height, width), a multiple of the max stride (default: the cfg's);
+    ``batch``: fixed batch size, or ``dynamic=True`` for dynamic batch, height and width;
+    ``names``: class names to store (default: data/coco.names for 80 classes, else the numbers);
+    ``check``: compare onnxruntime with PyTorch on random input (export size; + another size and
+    batch 2 when dynamic) and raise :class:`ExportError` beyond 1e-4.
+    """
+    from .detector import image_size, resolve_names
+
+    if not getattr(model, "yolo_layers", None):
+        raise ExportError(f"{getattr(model, 'cfg_path', 'model')}: no [yolo] section; only detectors export")
+    if opset < 11:
+        raise ExportError(f"opset {opset}: needs 11 or later (Resize, dynamic Range); default {OPSET}")
+    if not dynamic and batch < 1:
+        raise ExportError(f"batch must be >= 1, got {batch}")
+    hw = image_size(img_size, model.input_size, model.max_stride)
+    names = resolve_names(names, None, model.num_classes, model.cfg_path)
+    m = _inference_copy(model)
+    m.check_input(torch.empty(1, m.net.channels, *hw, device="meta"))  # maps that vanish at this size
+    if dynamic:
+        _maxpool_plans_fixed(m, hw)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    x = torch.rand(2 if dynamic else batch, m.net.channels, *hw)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as tmp:  # atomic: a failed export leaves no file
+        tmp_path = Path(tmp) / out.name
+        _trace(m, x, tmp_path, dynamic, opset)
+        set_metadata(tmp_path, model_metadata(m, names, hw, None if dynamic else batch)
+                     | ({"dynamic_size": "1"} if dynamic else {}))
+        if check:
+            s = m.max_stride
+            shapes = [(2, hw[0], hw[1]), (1, hw[0] + s, hw[1] + 2 * s)] if dynamic else [(batch, *hw)]
+            check_onnx(m, tmp_path, shapes)
+        tmp_path.replace(out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# INT8
+# ---------------------------------------------------------------------------------------------
+def calibration_images(source: str | Path, limit: int = DEFAULT_CALIB_IMAGES) -> list[Path]:
+    """Up to ``limit`` image paths, spread evenly over ``source``: a folder of images, a Darknet
+    ``.data`` file (its valid split), a COCO instances ``.json`` or an image list ``.txt``."""
+    from .datasets import load_dataset
+    from .io import is_image, read_image_list
+
+    source = Path(source)
+    if not source.exists():
+        raise ExportError(f"--calib-data: '{source}' not found")
+    if source.is_dir():
+        paths = sorted(p for p in source.rglob("*") if p.is_file() and is_image(p))
+    elif source.suffix in (".data", ".json"):
+        paths = [r.path for r in load_dataset(source).records]
+    else:
+        paths = read_image_list(source)
+    if not paths:
+        raise ExportError(f"--calib-data: no images in '{source}'")
+    if limit < 1:
+        raise ExportError(f"--calib-images must be >= 1, got {limit}")
+    if len(paths) > limit:
+        step = len(paths) / limit
+        paths = [paths[int(i * step)] for i in range(limit)]
+    return paths
+
+
+class _Calibration:
+    """onnxruntime's CalibrationDataReader over images, preprocessed as at inference."""
+
+    def __init__(self, paths: list[Path], hw: tuple[int, int], letter_box: bool, batch: int) -> None:
+        self.paths, self.hw, self.letter_box, self.batch = paths, hw, letter_box, batch
+        self._it: Iterator[dict[str, np.ndarray]] | None = None
+
+    def _batches(self) -> Iterator[dict[str, np.ndarray]]:
+        from .boxes import fit_image, to_tensor
+        from .io import imread
+
+        images = []
+        for p in self.paths:
+            img, why = imread(p)
+            if img is None:
+                warnings.warn(f"{p}: {why}; not used for calibration")
+                continue
+            images.append(fit_image(img, self.hw, self.letter_box)[0])
+            if len(images) == self.batch:
+                yield {INPUT_NAME: to_tensor(images).numpy()}
+                images = []
+        if images and self.batch == 1:
+            yield {INPUT_NAME: to_tensor(images).numpy()}
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._it is None:
+            self._it = self._batches()
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = None
+
+
+def fp32_node_names(path: Path, keep: str) -> list[str]:
+    """Nodes of an export of ours that stay fp32: the [yolo] decode (nodes scoped in a [yolo] block,
+    and the final concatenation), plus with ``keep="heads"`` every node of the block feeding a
+    [yolo] block (its last convolution)."""
+    import onnx
+
+    if keep not in KEEP_FP32:
+        raise ExportError(f"keep_fp32 must be one of {', '.join(KEEP_FP32)}, got '{keep}'")
+    proto = onnx.load(str(path), load_external_data=False)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    yolo_blocks = set(json.loads(meta.get("yolo.blocks", "[]")))
+    fp32_blocks = set(yolo_blocks)
+    if keep == "heads":
+        fp32_blocks |= {i - 1 for i in yolo_blocks}
+    names = []
+    for node in proto.graph.node:
+        found = re.match(r"/module_list\.(\d+)/", node.name)
+        if found is None or int(found.group(1)) in fp32_blocks:
+            names.append(node.name)
+    return names
+
+
+def quantize_int8(fp32: str | Path, out: str | Path, calib_data: str | Path,
+                  calib_images: int = DEFAULT_CALIB_IMAGES, method: str = "minmax", keep_fp32: str = "heads",
+                  per_channel: bool = True) -> Path:
+    """Static INT8 (QDQ) copy of our fp32 export ``fp32``, calibrated on ``calib_data`` images."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if method not in CALIBRATION_METHODS:
+        raise ExportError(f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}, got '{method}'")
+    fp32, out = Path(fp32), Path(out)
+    proto = onnx.load(str(fp32))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    if meta.get("yolo.format") is None:
+        raise ExportError(f"{fp32}: not an export of ours (no yolo metadata); export it with python -m yolo.export")
+    hw = tuple(json.loads(meta["input_size"]))
+    batch = 1 if meta["batch"] == "dynamic" else int(meta["batch"])
+    paths = calibration_images(calib_data, calib_images)
+    exclude = fp32_node_names(fp32, keep_fp32)
+    calib = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+             "percentile": CalibrationMethod.Percentile}[method]
+    reader = _Calibration(paths, hw, meta["letter_box"] == "1", batch)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings(), tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as tmp:
+        warnings.simplefilter("ignore")
+        tmp_out = Path(tmp) / out.name
+        quantize_static(str(fp32), str(tmp_out), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+                        calibrate_method=calib,
+                        extra_options={"CalibMovingAverage": False, "CalibTensorRangeSymmetric": False})
+        set_metadata(tmp_out, meta | {"precision": "int8", "quantization": json.dumps({
+            "format": "QDQ", "weights": "int8 per-channel" if per_channel else "int8 per-tensor",
+            "activations": "uint8", "calibration": method, "calibration_images": len(paths),
+            "calibration_data": str(calib_data), "fp32": keep_fp32})})
+        tmp_out.replace(out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+# ---------------------------------------------------------------------------------------------
+def get_args_parser() -> argparse.ArgumentParser:
+    from .cli.common import DEFAULT_CFG, DEFAULT_WEIGHTS, ArgumentParser
+
+    p = ArgumentParser(prog="python -m yolo.export", description=__doc__.split("\n\n")[0],
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--cfg", default=str(DEFAULT_CFG), help="Darknet cfg (path, or a name in cfg/)")
+    p.add_argument("--weights", default=str(DEFAULT_WEIGHTS), help="Darknet .weights or a .pt checkpoint")
+    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument("--img-size", type=int, nargs="+", default=None, metavar="N",
+                   help="input: one size, or height width (default: the cfg's)")
+    shape = p.add_mutually_exclusive_group()
+    shape.add_argument("--batch", type=int, default=1, help="fixed batch size")
+    shape.add_argument("--dynamic", action="store_true",
+                       help="dynamic batch, height and width (any multiple of the network stride)")
+    p.add_argument("--names", default=None, help="class names file to store (default: the checkpoint's, or "
+                   "data/coco.names for 80 classes)")
+    p.add_argument("--opset", type=int, default=OPSET, help="ONNX opset")
+    p.add_argument("--int8", action="store_true", help="also write an INT8 (QDQ) copy, <out>-int8.onnx "
+                   "(or --out itself with --int8-only)")
+    p.add_argument("--int8-only", action="store_true", help="with --int8: write only the INT8 file, at --out")
+    p.add_argument("--calib-data", default=None,
+                   help="calibration images: a folder, a .data file, a COCO .json or an image list")
+    p.add_argument("--calib-images", type=int, default=DEFAULT_CALIB_IMAGES, help="images used to calibrate")
+    p.add_argument("--calib-method", choices=CALIBRATION_METHODS, default="minmax",
+                   help="activation range calibration")
+    p.add_argument("--keep-fp32", choices=KEEP_FP32, default="heads",
+                   help="what stays fp32: the [yolo] decode, or the decode + the heads' last convolutions")
+    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime vs PyTorch comparison")
+    return p
+
+
+def _int8_path(out: Path) -> Path:
+    return out.with_name(out.stem + "-int8" + out.suffix)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .checkpoint import load_weights
+    from .cli.common import UserError, user_errors
+    from .detector import DetectError
+    from .model import Darknet
+
+    @user_errors(ExportError, DetectError)
+    def run(argv: Sequence[str] | None) -> int:
+        args = get_args_parser().parse_args(argv)
+        try:
+            import onnx  # noqa: F401
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            from .backends.ort import INSTALL
+            raise BackendError(INSTALL) from None
+        if args.int8 and args.calib_data is None:
+            raise UserError("--int8 needs --calib-data (a folder of images, a .data file or a COCO .json)")
+        if args.int8_only and not args.int8:
+            raise UserError("--int8-only goes with --int8")
+        if str(args.weights).lower().endswith(".onnx"):
+            raise UserError(f"--weights {args.weights}: already ONNX; give the .weights or .pt it came from")
+        out = Path(args.out)
+        if out.suffix.lower() != ".onnx":
+            raise UserError(f"--out {out}: expected a .onnx file name")
+        model = Darknet(args.cfg)
+        state = load_weights(model, args.weights)
+        names = args.names if args.names is not None else state.get("names") or None
+        img_size = args.img_size if args.img_size is None or len(args.img_size) > 1 else args.img_size[0]
+        with tempfile.TemporaryDirectory() as tmp:
+            fp32 = Path(tmp) / "fp32.onnx" if args.int8_only else out
+            export_onnx(model, fp32, img_size, args.batch, args.dynamic, names, args.opset, check=not args.no_check)
+            if not args.int8_only:
+                print(f"fp32 model written to {out}")
+            if args.int8:
+                target = out if args.int8_only else _int8_path(out)
+                quantize_int8(fp32, target, args.calib_data, args.calib_images, args.calib_method, args.keep_fp32)
+                print(f"int8 model written to {target} (calibrated on {args.calib_data}, {args.calib_method}; "
+                      f"fp32: {args.keep_fp32})")
+        return 0
+
+    return run(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
