@@ -304,3 +304,30 @@ def test_graph_search_finds_the_cheapest_repair():
     assert graph_mod._search(lambda w, o: o % 2 == 0 and o // 2 * 26 // 64 == w, [3, 15], [26, 64]) is not None
     assert graph_mod._search(lambda p, o: o % p == 0, [40, 199], [64, 256]) == [0, 1]
     assert graph_mod._search(lambda h, o: o == 8 * h, [10, 100], [32, 256]) == [3, 4]
+
+
+def test_train_with_sparsity_shrinks_bn_scales_and_plots_them(tmp_path):
+    import sys
+
+    from helpers import FIXTURES, TRAIN_TINY
+    from yolo.cli import train as train_cli
+
+    sys.path.insert(0, str(FIXTURES))
+    from train_synth import make_dataset
+
+    data = make_dataset(tmp_path / "shapes", n_train=16, n_valid=8, size=64)
+    runs = {}
+    for s in ("0", "0.5"):
+        out = tmp_path / f"run{s}"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert train_cli.main(["--cfg", str(TRAIN_TINY), "--data", str(data), "--epochs", "2", "--batch", "8",
+                                   "--output", str(out), "--sparsity", s, "--sparsity-decay", "0.5",
+                                   "--eval-interval", "100", "--no-progress", "--workers", "0",
+                                   "--img-size", "64"]) == 0
+        model = Darknet(TRAIN_TINY)
+        model.load_state_dict(torch.load(out / "last.pt", weights_only=True)["model"])
+        runs[s] = SparsityPenalty(model).scales()
+    assert (tmp_path / "run0.5" / "bn_scales.png").stat().st_size > 0
+    assert not (tmp_path / "run0" / "bn_scales.png").exists()
+    assert runs["0.5"].mean() < runs["0"].mean() - 0.005

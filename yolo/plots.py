@@ -141,3 +141,22 @@ def plot_pr_curves(ev: Any, info: Any, out_dir: str | Path) -> list[Path]:
         _save(fig, path)
         paths.append(path)
     return paths
+
+
+def plot_bn_scales(history: Sequence[np.ndarray], png_path: Path, first_epoch: int = 1) -> None:
+    """Histograms of the prunable BatchNorm scales |gamma|, one line per epoch (sparsity training)."""
+    plt = _pyplot()
+    if not len(history):
+        return
+    top = max(float(np.max(h)) if len(h) else 0.0 for h in history) or 1.0
+    bins = np.linspace(0.0, top, 61)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    colours = plt.cm.viridis(np.linspace(0, 1, len(history)))
+    for k, (h, c) in enumerate(zip(history, colours)):
+        counts, _ = np.histogram(h, bins)
+        ax.plot((bins[:-1] + bins[1:]) / 2, counts, color=c, lw=1.2, label=f"epoch {first_epoch + k}")
+    ax.set(xlabel="|gamma| (BN scale)", ylabel="channels", yscale="symlog",
+           title=f"BN scales of the prunable convolutions ({len(history[-1])} channels)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    _save(fig, png_path)

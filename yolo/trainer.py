@@ -34,6 +34,7 @@ from .hyp import (Hyp, Overrides, RunPlan, Setting, check_hyp, format_settings, 
                   multiscale_size, parse_floats, parse_ints, pick, plan_run, resolve_hyp)
 from .loaders import TrainDataset, collate, worker_init
 from .model import Darknet
+from .prune import SparsityPenalty, sparsity_at
 
 RESULT_FIELDS = ["epoch", "step", "box", "obj", "cls", "total", "lr", "map", "map50", "data_wait", "time_s"]
 AUGMENT_KEYS = ("jitter", "hue", "saturation", "exposure", "angle", "mosaic", "flip")
@@ -89,6 +90,8 @@ class TrainOptions:
     augment: bool | None = None
     amp: bool | None = None
     ema_decay: float = 0.9999
+    sparsity: float = 0.0  # network slimming: L1 on the prunable BN scales (yolo.prune)
+    sparsity_decay: float = 1.0  # the penalty falls linearly to sparsity * this by the run's end
     channels_last: bool = True
     eval_interval: int = 1
     progress: bool = True
@@ -375,6 +378,7 @@ class Trainer:
         self.optimizer = build_optimizer(model, self.hyp)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.loss_fn = YOLOLoss(model)
+        self.sparsity = SparsityPenalty(self.model) if o.sparsity else None
         state = TrainState()
         if ckpt is not None:
             state = restore_training_state(ckpt, o.resume, model, self.ema, self.optimizer, self.scaler)
@@ -501,6 +505,10 @@ class Trainer:
         lr = lr_at(state.step, self.hyp)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
+        if self.sparsity is not None:
+            if self.amp:
+                self.scaler.unscale_(self.optimizer)
+            self.sparsity(sparsity_at(self.opts.sparsity, self.opts.sparsity_decay, state.step / self.plan.total_steps))
         if self.amp:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -552,6 +560,10 @@ class Trainer:
         append_results(csv_path, {"epoch": state.epoch + 1, "step": state.step, **logs, "map": metrics["map"],
                                   "map50": metrics["map50"], "time_s": seconds})
         plot_results(read_results(csv_path), self.out / "results.png")
+        if self.sparsity is not None:
+            from .plots import plot_bn_scales
+            self.bn_scales = [*getattr(self, "bn_scales", []), self.sparsity.scales().numpy()]
+            plot_bn_scales(self.bn_scales, self.out / "bn_scales.png", first_epoch=state.epoch + 2 - len(self.bn_scales))
         self.say(f"epoch {state.epoch + 1}/{self.plan.epochs}: loss {logs['total']:.3f} (box {logs['box']:.3f} "
                  f"obj {logs['obj']:.3f} cls {logs['cls']:.3f}) lr {logs['lr']:.3g} mAP@.5 "
                  f"{metrics['map50']:.4f} mAP {metrics['map']:.4f}  data wait {100 * logs['data_wait']:.0f}%"

@@ -66,6 +66,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="all augmentation (default on); --no-augment trains on plain resized images")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, help="mixed precision (default: on CUDA)")
     g.add_argument("--ema-decay", type=float, help="EMA decay (default 0.9999, ramped up)")
+    g.add_argument("--sparsity", type=float, help="network slimming: add S * sign(gamma) to the gradients of the "
+                                              "prunable BN scales (then python -m yolo.prune); default 0")
+    g.add_argument("--sparsity-decay", type=float, help="the --sparsity penalty falls linearly to S * this by the "
+                                                    "end of the run (default 1: constant)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
                    help="NHWC memory layout (default on: about 1.3x faster training on CPU)")
     p.add_argument("--eval-interval", type=int, help="evaluate every N epochs (and after the last), default 1")
