@@ -191,10 +191,14 @@ def _size_hw(model: ModelInfo, img_size: int | Sequence[int] | None) -> tuple[in
 
 
 def _engine(model: torch.nn.Module | Backend, device: str | torch.device | None,
-            fuse: bool) -> tuple[Backend, bool | None]:
+            fuse: bool, precision: str = "fp32") -> tuple[Backend, bool | None]:
     """The engine to evaluate with, and the caller's training flag to restore (None: not a module).
-    A ``Darknet`` is never moved or changed: a copy goes to another device or gets fused."""
+    A ``Darknet`` is never moved or changed: a copy goes to another device, gets fused or is cast
+    to ``precision`` (which then implies fusing)."""
     if isinstance(model, Backend):
+        if precision not in ("fp32", model.precision):
+            raise EvalError(f"precision={precision!r} asked for, but the engine given runs {model.precision}: "
+                            "build the engine in that precision instead")
         return model, None
     device = torch.device(device) if device is not None else next(model.parameters()).device
     if device.type == "cuda" and device.index is None:
@@ -203,9 +207,11 @@ def _engine(model: torch.nn.Module | Backend, device: str | torch.device | None,
     net = model
     if next(model.parameters()).device != device:
         net = copy.deepcopy(model).to(device)
-    if fuse and not getattr(net, "fused", False):
+    if (fuse or precision != "fp32") and not getattr(net, "fused", False):
         net = (copy.deepcopy(net) if net is model else net).fuse()
-    return TorchBackend(net.eval(), "fp32", device), was_training
+    elif precision != "fp32" and net is model:  # the engine casts the model it is handed
+        net = copy.deepcopy(net)
+    return TorchBackend(net.eval(), precision, device), was_training
 
 
 @torch.inference_mode()
@@ -214,14 +220,16 @@ def evaluate(model: torch.nn.Module | Backend, info: DatasetInfo, img_size: int 
              max_det: int | None = None, workers: int = 2, device: str | torch.device | None = None,
              save_json: str | Path | None = None, plots_dir: str | Path | None = None, verbose: bool = True,
              letter_box: bool | None = None, fuse: bool = False, metric: str = "coco", points: int = 101,
-             iou_thres: float = 0.5, conf_thres_report: float = 0.25) -> dict[str, Any]:
+             iou_thres: float = 0.5, conf_thres_report: float = 0.25,
+             precision: str = "fp32") -> dict[str, Any]:
     """COCO mAP of ``model`` on ``info`` (the function train.py calls after each epoch).
 
     ``model`` is a ``Darknet`` (run by the torch engine) or any engine of :mod:`yolo.backends`
     (onnxruntime, reduced precision): pre- and post-processing are the same for all. The
     caller's model is left as it was (mode restored; with ``fuse=True`` a fused copy is
-    evaluated). Unreadable images are warned about, skipped and left out of the ground truth,
-    so the rest is still scored. Returns the metrics dict: map, map50, map75, stats (the 12
+    evaluated; ``precision`` "bf16" / "fp16" evaluates a fused copy in that precision, see
+    :mod:`yolo.backends.pytorch`). Unreadable images are warned about, skipped and left out of the
+    ground truth, so the rest is still scored. Returns the metrics dict: map, map50, map75, stats (the 12
     COCOeval numbers), per_class {name: {ap, ap50, gt}}, images, skipped, detections,
     ms_per_image {preprocess, inference, nms}.
 
@@ -241,7 +249,7 @@ def evaluate(model: torch.nn.Module | Backend, info: DatasetInfo, img_size: int 
         conf_thres = 0.005 if darknet else 0.001
     if max_det is None:
         max_det = 0 if darknet else 100
-    engine, was_training = _engine(model, device, fuse)
+    engine, was_training = _engine(model, device, fuse, precision)
     minfo = engine.info
     if minfo.num_classes != info.num_classes:
         raise EvalError(f"{info.source}: the dataset has {info.num_classes} classes but the model "

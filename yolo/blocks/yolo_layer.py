@@ -107,6 +107,8 @@ class YOLOLayer(Block):
         return grid
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype in (torch.float16, torch.bfloat16):  # decode (and the loss) in float32 at least
+            x = x.float()
         b, _, ny, nx = x.shape
         p = x.view(b, self.num_anchors, self.num_attrib, ny, nx).permute(0, 1, 3, 4, 2)
         if self.training:
