@@ -33,8 +33,9 @@ METADATA_VERSION = "1"
 INPUT_NAME, OUTPUT_NAME = "images", "predictions"
 OPSET = 17
 #: What stays fp32 in an INT8 export, by measurement on coco128 (yolo-fastest-1.1, see the
-#: README): "decode" = the [yolo] decode only; "heads" = + each head's last convolution.
-KEEP_FP32 = ("decode", "heads")
+#: README): "none" = everything quantised (naive, loses most of the accuracy); "decode" = the
+#: [yolo] decode only; "heads" = + each head's last convolution.
+KEEP_FP32 = ("none", "decode", "heads", "first", "depthwise")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 DEFAULT_CALIB_IMAGES = 64
 
@@ -71,30 +72,62 @@ def _maxpool_plans_fixed(model: torch.nn.Module, hw: tuple[int, int]) -> None:
         if isinstance(block, MaxPool):
             plans = {block._plan(*shapes[i]) for shapes in in_shapes}  # noqa: SLF001 (the plan is the point)
             if len(plans) > 1:
-                raise ExportError(f"{block.where}: [maxpool] size={block.size} stride={block.step} "
+                raise ExportError(f"{block.where} size={block.size} stride={block.step} "
                                   f"padding={block.padding} pads differently at different input sizes; "
                                   "ONNX MaxPool padding is fixed: export without --dynamic (one size)")
 
 
-def _trace(model: torch.nn.Module, x: torch.Tensor, path: Path, dynamic: bool, opset: int) -> None:
-    """torch.onnx (TorchScript tracer); an error is reported with the section being traced."""
-    current: list[Any] = [None]
-    hooks = [b.register_forward_pre_hook(lambda mod, args: current.__setitem__(0, mod)) for b in model.module_list]
+def _export(model: torch.nn.Module, args: tuple, f: Any, opset: int, dynamic: bool = False) -> None:
     axes = ({INPUT_NAME: {0: "batch", 2: "height", 3: "width"}, OUTPUT_NAME: {0: "batch", 1: "boxes"}}
             if dynamic else None)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer notes on shape constants (checked after export)
+        torch.onnx.export(model, args, f, dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
+                          output_names=[OUTPUT_NAME], dynamic_axes=axes, do_constant_folding=True)
+
+
+class _OneBlock(torch.nn.Module):
+    def __init__(self, block: torch.nn.Module) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward(self, *args: Any) -> torch.Tensor:
+        return self.block(*args)
+
+
+def _failing_block(model: torch.nn.Module, x: torch.Tensor, opset: int) -> Any:
+    """The first section that does not export on its own (its inputs recorded from one forward)."""
+    import io
+
+    seen: dict[int, tuple] = {}
+    hooks = [b.register_forward_pre_hook(lambda mod, args, i=i: seen.setdefault(i, args))
+             for i, b in enumerate(model.module_list)]
     try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # tracer notes on shape constants (checked after export)
-            torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
-                              output_names=[OUTPUT_NAME], dynamic_axes=axes, do_constant_folding=True)
-    except Exception as e:  # noqa: BLE001 (any tracer/symbolic failure becomes one message naming the section)
-        block = current[0]
-        where = f"{block.where}: [{block.section_type}]" if block is not None else "the model"
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ExportError(f"{where} cannot be expressed in ONNX opset {opset}: {first}") from e
+        with torch.no_grad():
+            model(x)
     finally:
         for h in hooks:
             h.remove()
+    for i, block in enumerate(model.module_list):
+        try:
+            _export(_OneBlock(block), seen[i], io.BytesIO(), opset)
+        except Exception:  # noqa: BLE001
+            return block
+    return None
+
+
+def _trace(model: torch.nn.Module, x: torch.Tensor, path: Path, dynamic: bool, opset: int) -> None:
+    """torch.onnx (TorchScript tracer); an error is reported with the section that causes it."""
+    try:
+        _export(model, (x,), str(path), opset, dynamic)
+    except Exception as e:  # noqa: BLE001 (any tracer/symbolic failure becomes one message naming the section)
+        try:
+            block = _failing_block(model, x, opset)
+        except Exception:  # noqa: BLE001
+            block = None
+        where = block.where if block is not None else str(getattr(model, "cfg_path", "the model"))
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ExportError(f"{where} cannot be expressed in ONNX opset {opset}: {first}") from e
 
 
 def model_metadata(model: torch.nn.Module, names: Sequence[str], hw: tuple[int, int], batch: int | None,
@@ -261,31 +294,45 @@ class _Calibration:
 
 
 def fp32_node_names(path: Path, keep: str) -> list[str]:
-    """Nodes of an export of ours that stay fp32: the [yolo] decode (nodes scoped in a [yolo] block,
-    and the final concatenation), plus with ``keep="heads"`` every node of the block feeding a
-    [yolo] block (its last convolution)."""
+    """Nodes of an export of ours that stay fp32; ``keep`` is a comma list of :data:`KEEP_FP32`:
+    ``decode`` (nodes scoped in a [yolo] block, and the final concatenation), ``heads`` (the decode +
+    every node of the block feeding a [yolo] block: its last convolution), ``first`` (the first
+    convolution, which sees the raw image), ``depthwise`` (grouped convolutions), ``none``."""
     import onnx
 
-    if keep not in KEEP_FP32:
-        raise ExportError(f"keep_fp32 must be one of {', '.join(KEEP_FP32)}, got '{keep}'")
+    parts = {k.strip() for k in keep.split(",") if k.strip()}
+    bad = parts - set(KEEP_FP32)
+    if bad or not parts:
+        raise ExportError(f"keep_fp32: expected a comma list of {', '.join(KEEP_FP32)}, got '{keep}'")
+    if parts == {"none"}:
+        return []
     proto = onnx.load(str(path), load_external_data=False)
     meta = {p.key: p.value for p in proto.metadata_props}
     yolo_blocks = set(json.loads(meta.get("yolo.blocks", "[]")))
-    fp32_blocks = set(yolo_blocks)
-    if keep == "heads":
+    fp32_blocks = set(yolo_blocks) if parts & {"decode", "heads"} else set()
+    if "heads" in parts:
         fp32_blocks |= {i - 1 for i in yolo_blocks}
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
     names = []
     for node in proto.graph.node:
         found = re.match(r"/module_list\.(\d+)/", node.name)
-        if found is None or int(found.group(1)) in fp32_blocks:
+        if found is None and parts & {"decode", "heads"}:
+            names.append(node.name)  # the final concatenation of the heads
+        elif found is not None and int(found.group(1)) in fp32_blocks:
             names.append(node.name)
-    return names
+    if "first" in parts and convs:
+        names.append(convs[0].name)
+    if "depthwise" in parts:
+        names += [n.name for n in convs if any(a.name == "group" and a.i > 1 for a in n.attribute)]
+    return sorted(set(names))
 
 
 def quantize_int8(fp32: str | Path, out: str | Path, calib_data: str | Path,
                   calib_images: int = DEFAULT_CALIB_IMAGES, method: str = "minmax", keep_fp32: str = "heads",
-                  per_channel: bool = True) -> Path:
-    """Static INT8 (QDQ) copy of our fp32 export ``fp32``, calibrated on ``calib_data`` images."""
+                  per_channel: bool = True, op_types: Sequence[str] | None = None) -> Path:
+    """Static INT8 (QDQ) copy of our fp32 export ``fp32``, calibrated on ``calib_data`` images.
+
+    ``op_types``: the ONNX op types to quantise (default: onnxruntime's QDQ list)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -309,7 +356,7 @@ def quantize_int8(fp32: str | Path, out: str | Path, calib_data: str | Path,
         tmp_out = Path(tmp) / out.name
         quantize_static(str(fp32), str(tmp_out), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
-                        calibrate_method=calib,
+                        calibrate_method=calib, op_types_to_quantize=list(op_types) if op_types else None,
                         extra_options={"CalibMovingAverage": False, "CalibTensorRangeSymmetric": False})
         set_metadata(tmp_out, meta | {"precision": "int8", "quantization": json.dumps({
             "format": "QDQ", "weights": "int8 per-channel" if per_channel else "int8 per-tensor",
@@ -347,8 +394,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-images", type=int, default=DEFAULT_CALIB_IMAGES, help="images used to calibrate")
     p.add_argument("--calib-method", choices=CALIBRATION_METHODS, default="minmax",
                    help="activation range calibration")
-    p.add_argument("--keep-fp32", choices=KEEP_FP32, default="heads",
-                   help="what stays fp32: the [yolo] decode, or the decode + the heads' last convolutions")
+    p.add_argument("--keep-fp32", default="heads",
+                   help="what stays fp32, a comma list of: none, decode (the [yolo] decode), heads (decode + "
+                        "the heads' last convolutions), first (the first convolution), depthwise")
+    p.add_argument("--quantize-ops", default=None,
+                   help="comma list of ONNX op types to quantise (default: onnxruntime's QDQ list)")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime vs PyTorch comparison")
     return p
 
@@ -392,7 +442,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"fp32 model written to {out}")
             if args.int8:
                 target = out if args.int8_only else _int8_path(out)
-                quantize_int8(fp32, target, args.calib_data, args.calib_images, args.calib_method, args.keep_fp32)
+                quantize_int8(fp32, target, args.calib_data, args.calib_images, args.calib_method, args.keep_fp32,
+                              op_types=args.quantize_ops.split(",") if args.quantize_ops else None)
                 print(f"int8 model written to {target} (calibrated on {args.calib_data}, {args.calib_method}; "
                       f"fp32: {args.keep_fp32})")
         return 0
