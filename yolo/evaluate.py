@@ -19,8 +19,9 @@ import copy
 import io
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -32,7 +33,7 @@ from .boxes import Geometry, box_convert, denormalize_boxes, postprocess
 from .darknet_map import POINTS, darknet_letterbox_placement, darknet_map, darknet_nms, darknet_resize
 from .plots import plot_pr_curves
 from .datasets import DataWarning, DatasetInfo, ImageRecord, Problems
-from .io import imread
+from .io import atomic_write, imread
 from .loaders import EvalDataset, collate_eval, worker_init
 
 STAT_NAMES = [
@@ -257,104 +258,121 @@ def evaluate(model: torch.nn.Module | Backend, info: DatasetInfo, img_size: int 
     size_hw = _size_hw(minfo, img_size)
     if letter_box is None:
         letter_box = minfo.letter_box
-    cuda = engine.device.type == "cuda"
     problems = Problems()
     records = info.records
     dataset_cls = DarknetEvalDataset if darknet else EvalDataset  # Darknet resizes its own way
     loader = torch.utils.data.DataLoader(
         dataset_cls(records, size_hw, letter_box), batch_size=batch_size, shuffle=False,
-        num_workers=workers, collate_fn=collate_eval, pin_memory=cuda,
+        num_workers=workers, collate_fn=collate_eval, pin_memory=engine.device.type == "cuda",
         worker_init_fn=worker_init if workers > 0 else None)
-    done: list[int] = []
-    sizes: dict[int, tuple[int, int]] = {}
-    det_chunks: list[np.ndarray] = []
-    raw_dets: dict[int, np.ndarray] = {}  # metric="darknet": per image x1, y1, x2, y2, score, class
-    nms_kind = minfo.extra.get("nms_kind", "default")  # Darknet's map reads its last [yolo]
-    beta_nms = minfo.extra.get("beta_nms", 0.6)
-    t_pre = t_inf = t_nms = 0.0
-    category_ids = np.asarray(info.category_ids, np.float64)
+    if darknet:  # Darknet's own NMS kind, read from its last [yolo]; no cap unless max_det > 0
+        kind, beta = minfo.extra.get("nms_kind", "default"), minfo.extra.get("beta_nms", 0.6)
+
+        def nms(pred: torch.Tensor) -> list[np.ndarray]:
+            outs = [darknet_nms(p, conf_thres, nms_thres, kind, beta, (size_hw[1], size_hw[0]))
+                    for p in pred.detach().float().cpu().numpy()]
+            return [o[np.argsort(-o[:, 4], kind="stable")[:max_det]] for o in outs] if max_det > 0 else outs
+    else:
+        def nms(pred: torch.Tensor) -> list[np.ndarray]:
+            return postprocess(pred, conf_thres, nms_thres, max_det if max_det > 0 else None)
     try:
-        for batch in tqdm(loader, desc="test", unit="batch", disable=not verbose, leave=False):
-            for i, reason in batch.skipped:
-                problems.add("unreadable image", f"{records[i].path}: {reason}; skipped (left out of the "
-                                                 f"ground truth too)")
-            if not batch.indices:
-                continue
-            t0 = time.perf_counter()
-            x = batch.images.to(engine.device, non_blocking=True) if cuda else batch.images
-            if cuda:
-                torch.cuda.synchronize(engine.device)
-            t1 = time.perf_counter()
-            pred = engine(x)
-            if cuda:
-                torch.cuda.synchronize(engine.device)
-            t2 = time.perf_counter()
-            if darknet:
-                pred_np = pred.detach().float().cpu().numpy()
-                outs = [darknet_nms(p, conf_thres, nms_thres, nms_kind, beta_nms, (size_hw[1], size_hw[0]))
-                        for p in pred_np]
-                if max_det > 0:
-                    outs = [o[np.argsort(-o[:, 4], kind="stable")[:max_det]] for o in outs]
-            else:
-                outs = postprocess(pred, conf_thres, nms_thres, max_det if max_det > 0 else None)
-            for i, geom, out in zip(batch.indices, batch.geometries, outs):
-                done.append(i)
-                sizes[i] = geom.orig_hw
-                if darknet:  # Darknet does not clip its boxes to the image
-                    raw = out.astype(np.float64, copy=True)
-                    raw[:, :4] = geom.to_original(raw[:, :4], clip=False, dtype=np.float64)
-                    raw_dets[i] = raw
-                if len(out) == 0:
-                    continue
-                xyxy = geom.to_original(out[:, :4]).astype(np.float64)
-                rows = np.empty((len(out), 7), np.float64)
-                rows[:, 0] = records[i].image_id
-                rows[:, 1:3] = xyxy[:, :2]
-                rows[:, 3:5] = xyxy[:, 2:] - xyxy[:, :2]
-                rows[:, 5] = out[:, 4]
-                rows[:, 6] = category_ids[out[:, 5].astype(np.int64)]
-                det_chunks.append(rows)
-            t3 = time.perf_counter()
-            t_pre += batch.preprocess_s + (t1 - t0)
-            t_inf += t2 - t1
-            t_nms += t3 - t2
+        run = _predict(engine, loader, nms, records, problems, verbose)
     finally:
         if was_training is not None:
             model.train(was_training)
 
-    done.sort()
-    dets = np.concatenate(det_chunks) if det_chunks else np.zeros((0, 7))
+    done = sorted(run.outputs)
+    sizes = [run.outputs[i][1].orig_hw for i in done]
     eval_records = [records[i] for i in done]
-    gt = ground_truth_coco(info, eval_records, [sizes[i] for i in done])
+    dets = _coco_detections(run, records, info.category_ids)
     if save_json:
-        Path(save_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(save_json).write_text(json.dumps(detections_to_json(dets)))
+        with atomic_write(save_json, "w") as f:
+            json.dump(detections_to_json(dets), f)
     n = max(len(done), 1)
     metrics: dict[str, Any] = {
         "images": len(done), "skipped": len(records) - len(done), "detections": int(len(dets)),
         "img_size": list(size_hw), "letter_box": letter_box,
-        "ms_per_image": {"preprocess": 1e3 * t_pre / n, "inference": 1e3 * t_inf / n, "nms": 1e3 * t_nms / n},
+        "ms_per_image": {k: 1e3 * v / n for k, v in run.seconds.items()},
     }
-    if darknet:
-        metrics["darknet"] = darknet_map([raw_dets[i] for i in done], darknet_ground_truth(
-            eval_records, [sizes[i] for i in done]), info.num_classes, info.names, iou_thres=iou_thres,
-            conf_thres=conf_thres_report, points=points)
-    ev = (coco_eval(gt, dets, [r.image_id for r in eval_records], verbose=verbose and not darknet)
-          if done else None)
-    if ev is None:
-        if done:
-            problems.add("no detections", f"{info.source}: the model made no detection above "
-                                          f"conf {conf_thres}; mAP is 0")
-        stats = [0.0] * 12
-        metrics["per_class"] = {}
-    else:
-        stats = [float(s) for s in ev.stats]
-        metrics["per_class"] = per_class_ap(ev, info, gt)
-        if plots_dir:
-            metrics["plots"] = [str(p) for p in plot_pr_curves(ev, info, plots_dir)]
-    metrics.update({"map": stats[0], "map50": stats[1], "map75": stats[2], "stats": stats})
+    if darknet:  # Darknet does not clip its boxes to the image
+        raw = [np.concatenate((g.to_original(o[:, :4], clip=False, dtype=np.float64), o[:, 4:]), 1)
+               for o, g in (run.outputs[i] for i in done)]
+        metrics["darknet"] = darknet_map(raw, darknet_ground_truth(eval_records, sizes), info.num_classes,
+                                         info.names, iou_thres=iou_thres, conf_thres=conf_thres_report,
+                                         points=points)
+    metrics.update(_coco_metrics(info, eval_records, sizes, dets, plots_dir, verbose and not darknet))
+    if done and not len(dets):
+        problems.add("no detections", f"{info.source}: the model made no detection above conf {conf_thres}; "
+                                      "mAP is 0")
     metrics["problems"] = dict(problems.counts)
     return metrics
+
+
+@dataclass
+class _Predictions:
+    """Per record index: detections ``[K, 6]`` (x1, y1, x2, y2 in input pixels, score, class) and the
+    geometry that maps them back; seconds spent per stage."""
+
+    outputs: dict[int, tuple[np.ndarray, Geometry]]
+    seconds: dict[str, float]
+
+
+def _predict(engine: Backend, loader: Any, nms: Callable[[torch.Tensor], list[np.ndarray]],
+             records: Sequence[ImageRecord], problems: Problems, verbose: bool) -> _Predictions:
+    """Every readable image through the engine and ``nms``; unreadable ones named and counted."""
+    outputs: dict[int, tuple[np.ndarray, Geometry]] = {}
+    seconds = {"preprocess": 0.0, "inference": 0.0, "nms": 0.0}
+    cuda = engine.device.type == "cuda"
+    for batch in tqdm(loader, desc="test", unit="batch", disable=not verbose, leave=False):
+        for i, reason in batch.skipped:
+            problems.add("unreadable image", f"{records[i].path}: {reason}; skipped (left out of the "
+                                             "ground truth too)")
+        if not batch.indices:
+            continue
+        t0 = time.perf_counter()
+        x = batch.images.to(engine.device, non_blocking=True) if cuda else batch.images
+        if cuda:
+            torch.cuda.synchronize(engine.device)
+        t1 = time.perf_counter()
+        pred = engine(x)
+        if cuda:
+            torch.cuda.synchronize(engine.device)
+        t2 = time.perf_counter()
+        for i, geom, out in zip(batch.indices, batch.geometries, nms(pred)):
+            outputs[i] = (out, geom)
+        seconds["preprocess"] += batch.preprocess_s + (t1 - t0)
+        seconds["inference"] += t2 - t1
+        seconds["nms"] += time.perf_counter() - t2
+    return _Predictions(outputs, seconds)
+
+
+def _coco_detections(run: _Predictions, records: Sequence[ImageRecord], category_ids: Sequence[int]) -> np.ndarray:
+    """``[M, 7]`` rows image_id, x, y, w, h (original pixels, clipped), score, category_id."""
+    ids = np.asarray(category_ids, np.float64)
+    chunks = []
+    for i in sorted(run.outputs):
+        out, geom = run.outputs[i]
+        if len(out):
+            xywh = box_convert(geom.to_original(out[:, :4], dtype=np.float64), "xyxy", "xywh")
+            chunks.append(np.column_stack((np.full(len(out), records[i].image_id, np.float64), xywh,
+                                           out[:, 4], ids[out[:, 5].astype(np.int64)])))
+    return np.concatenate(chunks) if chunks else np.zeros((0, 7))
+
+
+def _coco_metrics(info: DatasetInfo, records: Sequence[ImageRecord], sizes: Sequence[tuple[int, int]],
+                  dets: np.ndarray, plots_dir: str | Path | None, verbose: bool) -> dict[str, Any]:
+    """pycocotools' figures for ``dets``: map, map50, map75, stats, per_class (and PR curve PNGs)."""
+    gt = ground_truth_coco(info, records, sizes)
+    ev = coco_eval(gt, dets, [r.image_id for r in records], verbose=verbose) if records else None
+    out: dict[str, Any] = {"per_class": {}}
+    stats = [0.0] * 12
+    if ev is not None:
+        stats = [float(v) for v in ev.stats]
+        out["per_class"] = per_class_ap(ev, info, gt)
+        if plots_dir:
+            out["plots"] = [str(p) for p in plot_pr_curves(ev, info, plots_dir)]
+    out.update({"map": stats[0], "map50": stats[1], "map75": stats[2], "stats": stats})
+    return out
 
 
 def format_report(metrics: dict[str, Any]) -> str:
