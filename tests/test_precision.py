@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import ROOT, randomize
+from helpers import ROOT, build, randomize
 
 from yolo.backends import BackendError, load_backend, pytorch as torch_backend
 from yolo.backends.pytorch import TorchBackend, cpu_bf16_problem
@@ -80,6 +80,45 @@ def test_bf16_agrees_with_fp32(cfg):
     print(f"{cfg} @{side}: max |d xy| {xy_cells:.2e} cells, |d log wh| {log_wh:.2e}, |d obj| {obj:.2e}, "
           f"|d cls| {cls:.2e}")
     assert 0 < xy_cells <= 0.01 and log_wh <= 0.04 and obj <= 0.01 and cls <= 0.01
+
+
+@needs_bf16
+@pytest.mark.parametrize("act", ["leaky", "relu", "linear", "logistic", "swish", "mish", "relu6", "tanh"])
+def test_conv_activation_fusion_matches(tmp_path, act):
+    """Each convolution's activation runs inside it where oneDNN has it (mish has not: separate);
+    the result is the unfused pair's, within bf16 rounding, and a second input size still works
+    (shape inference reads the fused unit's geometry)."""
+    body = (f"[convolutional]\nbatch_normalize=1\nfilters=8\nsize=3\nstride=2\npad=1\nactivation={act}\n\n"
+            "[convolutional]\nfilters=8\nsize=3\ngroups=8\nstride=1\npad=1\nactivation=leaky\n\n"
+            "[convolutional]\nfilters=14\nsize=1\nstride=1\npad=1\nactivation=linear\n\n"
+            "[yolo]\nmask=0,1\nanchors=10,13, 344,319\nclasses=2\nnum=2\n")
+    model = randomize(build(tmp_path, body, c=3, w=32))
+    model.eval()
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        ref = model(x)
+    engine = TorchBackend(model, "bf16")
+    fused = [m for m in engine.model.modules() if isinstance(m, torch_backend.ConvAct)]
+    assert len(fused) == (3 if act != "mish" else 2)
+    out = engine(x)
+    torch.testing.assert_close(out[..., 4:], ref[..., 4:], atol=0.01, rtol=0)
+    torch.testing.assert_close(out[..., 2:4].log(), ref[..., 2:4].log(), atol=0.04, rtol=0)
+    assert engine(torch.rand(1, 3, 64, 64)).shape == (1, 2 * 32 * 32, 7)  # 2 anchors on a 32 x 32 map
+
+
+@needs_bf16
+def test_layers_kept_in_fp32_where_asked(monkeypatch, fastest_cfg):
+    """The hook for a convolution type measured slower in bf16: depthwise ones kept in float32
+    (cast around them) still give the float32 answer within bf16 rounding."""
+    monkeypatch.setattr(torch_backend, "KEEP_FP32", lambda conv: conv.groups > 1 and conv.groups == conv.in_channels)
+    model, side = _model("yolo-fastest-1.1.cfg")
+    x = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        ref = model(x)
+    engine = TorchBackend(model, "bf16")
+    islands = [m for m in engine.model.modules() if isinstance(m, torch_backend.Fp32Island)]
+    assert islands and all(m.conv.weight.dtype == torch.float32 for m in islands)
+    torch.testing.assert_close(engine(x)[..., 4:], ref[..., 4:], atol=0.01, rtol=0)
 
 
 def test_yolo_layer_decodes_in_fp32():

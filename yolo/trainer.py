@@ -48,6 +48,26 @@ class TrainSetupError(ValueError):
     """Inputs that do not fit together (model vs data classes, image size, output folder)."""
 
 
+def amp_dtype(device: torch.device, asked: bool | None) -> torch.dtype | None:
+    """The autocast dtype of a mixed-precision run, None for float32 throughout (``asked``: --amp /
+    --no-amp / None, the default: on for CUDA only). CPU: bfloat16 where the CPU has it natively
+    (error otherwise). CUDA: bfloat16 on compute capability 8.0+ (fp32's exponent range: no loss
+    scaling, no skipped steps; tensor cores run it as fast as fp16), float16 + GradScaler before."""
+    if not (asked if asked is not None else device.type == "cuda"):
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
+    if device.type == "cpu":
+        from .backends.pytorch import cpu_bf16_problem
+
+        problem = cpu_bf16_problem()
+        if problem:
+            raise TrainSetupError(f"--amp on the CPU trains in bfloat16, but {problem}; use --no-amp")
+        return torch.bfloat16
+    raise TrainSetupError(f"--amp runs on CUDA (fp16/bf16) and on CPUs with bfloat16, not on '{device}'; "
+                          "use --no-amp")
+
+
 @dataclass
 class TrainOptions:
     """Every training option (the CLI's arguments, saved in checkpoints as ``args``).
@@ -317,8 +337,9 @@ class Trainer:
                   "--epochs" if o.epochs is not None else "cfg max_batches")]
         return hyp, plan, rows, notes
 
-    def _augmentation(self) -> tuple[AugmentConfig, bool, tuple[int, int] | None, bool, list[tuple[str, Any, str]]]:
-        """Augmentation (cfg, then overrides), multi-scale range and AMP, with their table rows."""
+    def _augmentation(self) -> tuple[AugmentConfig, bool, tuple[int, int] | None, torch.dtype | None,
+                                     list[tuple[str, Any, str]]]:
+        """Augmentation (cfg, then overrides), multi-scale range and the AMP dtype, with their table rows."""
         o, model = self.opts, self.model
         aug = AugmentConfig.from_model(model)
         src = {k: Setting(getattr(aug, k), "cfg") if getattr(o, k) is None else Setting(getattr(o, k), f"--{k}")
@@ -329,15 +350,14 @@ class Trainer:
         random = any(layer.settings.random for layer in model.yolo_layers)
         multiscale = bool((o.multiscale if o.multiscale is not None else random) and augment)
         ms_range = multiscale_range(self.img_size, model.max_stride) if multiscale else None
-        cuda = self.device.type == "cuda"
-        amp = bool(o.amp if o.amp is not None else cuda) and cuda
+        amp = amp_dtype(self.device, o.amp)
         y = model.yolo_layers[0].settings
         rows = [("augmentation", "on" if augment else "off", "--no-augment" if not augment else "default"),
                 *[(k, s.value, s.source) for k, s in src.items()],
                 ("letter_box", aug.letter_box, "cfg"),
                 ("multiscale", f"{ms_range[0]}-{ms_range[1]}" if ms_range else "off",
                  "--multiscale" if o.multiscale is not None else "cfg [yolo] random"),
-                ("amp", amp, "--amp" if o.amp is not None else "default"),
+                ("amp", str(amp).replace("torch.", "") if amp else False, "--amp" if o.amp is not None else "default"),
                 ("device", f"{self.device}" + (f" x {self.world} (DDP)" if self.world > 1 else ""), ""),
                 ("yolo", f"iou_loss={y.iou_loss} iou_norm={y.iou_normalizer} cls_norm={y.cls_normalizer} "
                          f"ignore={y.ignore_thresh} truth={y.truth_thresh} iou_thresh={y.iou_thresh} "
@@ -376,7 +396,7 @@ class Trainer:
                 self.say("note: --sync-bn ignored on CPU (PyTorch's SyncBatchNorm works on CUDA only)")
         self.ema = ModelEMA(model, decay=o.ema_decay)
         self.optimizer = build_optimizer(model, self.hyp)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)  # bf16 needs no scaling
         self.loss_fn = YOLOLoss(model)
         self.sparsity = SparsityPenalty(self.model) if o.sparsity else None
         state = TrainState()
@@ -488,14 +508,14 @@ class Trainer:
         no_sync: ContextManager = (self.wrapped.no_sync() if not sync and hasattr(self.wrapped, "no_sync")
                                    else contextlib.nullcontext())
         with no_sync:
-            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-                outputs = self.wrapped(imgs)
+            with torch.autocast(self.device.type, dtype=self.amp or torch.float16, enabled=self.amp is not None):
+                outputs = self.wrapped(imgs)  # [yolo] layers cast up: the loss runs in float32, outside autocast
             loss, parts = self.loss_fn(outputs, batch["targets"], tuple(imgs.shape[-2:]))
             if not torch.isfinite(loss):
                 raise TrainingError(f"non-finite loss ({loss.item()}) at step {state.step}, epoch "
                                     f"{state.epoch + 1}: lower the learning rate (--lr) or lengthen the "
                                     f"warm-up (--burn-in)")
-            (self.scaler.scale(loss) if self.amp else loss).div(self.plan.accumulate).backward()
+            (self.scaler.scale(loss) if self.scaler.is_enabled() else loss).div(self.plan.accumulate).backward()
         state.seen += len(imgs) * world_size()
         return torch.cat((parts.float().cpu(), loss.detach().float().cpu()[None]))
 
@@ -506,10 +526,10 @@ class Trainer:
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         if self.sparsity is not None:
-            if self.amp:
+            if self.scaler.is_enabled():
                 self.scaler.unscale_(self.optimizer)
             self.sparsity(sparsity_at(self.opts.sparsity, self.opts.sparsity_decay, state.step / self.plan.total_steps))
-        if self.amp:
+        if self.scaler.is_enabled():
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:

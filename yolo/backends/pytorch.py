@@ -25,6 +25,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..blocks.layers import ACUnit, ConvBN
 from ..blocks.yolo_layer import YOLOLayer
 from ..checkpoint import load_weights
 from ..model import Darknet
@@ -95,20 +96,118 @@ KEEP_FP32: Callable[[nn.Conv2d], bool] = lambda conv: False  # noqa: E731
 today: every convolution type measured at least as fast in bf16 (see the module docstring)."""
 
 
-class Fp32Island(nn.Module):
-    """A layer kept in float32 inside a reduced-precision network: casts in and back out."""
+class _Wraps(nn.Module):
+    """A module standing in for the convolution it holds: its geometry (kernel_size, stride,
+    padding, ... which shape inference reads) is the convolution's."""
 
-    def __init__(self, layer: nn.Module) -> None:
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["conv"], name)
+
+
+class Fp32Island(_Wraps):
+    """A convolution kept in float32 inside a reduced-precision network: casts in and back out."""
+
+    def __init__(self, conv: nn.Module) -> None:
         super().__init__()
-        self.layer = layer.float()
+        self.conv = conv.float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer(x.float()).to(x.dtype)
+        return self.conv(x.float()).to(x.dtype)
+
+
+def _pointwise(act: nn.Module) -> tuple[str, list[float], str] | None:
+    """oneDNN's name (attr, scalars, algorithm) for an activation it can run inside a convolution."""
+    if isinstance(act, nn.Identity):
+        return "none", [], ""
+    if isinstance(act, nn.LeakyReLU):
+        return "leaky_relu", [act.negative_slope], ""
+    if isinstance(act, nn.ReLU):
+        return "relu", [], ""
+    if isinstance(act, nn.Hardtanh):  # ReLU6 is one
+        return "hardtanh", [act.min_val, act.max_val], ""
+    if isinstance(act, nn.SiLU):
+        return "swish", [], ""
+    if isinstance(act, nn.Sigmoid):
+        return "sigmoid", [], ""
+    if isinstance(act, nn.Tanh):
+        return "tanh", [], ""
+    if isinstance(act, nn.GELU):
+        return "gelu", [], act.approximate
+    return None  # mish, elu, Darknet's own: stay separate
+
+
+class ConvAct(_Wraps):
+    """A convolution and its activation in one oneDNN call (``mkldnn::_convolution_pointwise``, the
+    op inductor emits): on the CPU in bf16 an elementwise activation on its own costs about half a
+    convolution's time (it is ~2x slower in bf16 than in fp32), inside the convolution nothing."""
+
+    def __init__(self, conv: nn.Conv2d, attr: str, scalars: list[float], algorithm: str) -> None:
+        super().__init__()
+        self.conv, self.attr, self.scalars, self.algorithm = conv, attr, scalars, algorithm
+        self.args = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        padding, stride, dilation, groups = self.args
+        return torch.ops.mkldnn._convolution_pointwise(
+            x.contiguous(memory_format=torch.channels_last), self.conv.weight, self.conv.bias, padding, stride,
+            dilation, groups, self.attr, self.scalars, self.algorithm)
+
+    def extra_repr(self) -> str:
+        return f"{self.attr}{self.scalars or ''}"
+
+
+def _fusable(conv: nn.Module) -> bool:
+    return (type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+            and not KEEP_FP32(conv))
+
+
+def _fuse_activations(model: nn.Module) -> int:
+    """Convolution + activation -> :class:`ConvAct` in every fused unit (ConvBN, ACUnit); returns
+    how many. Nothing changes where this PyTorch lacks the op or it disagrees with the unfused pair."""
+    if not _pointwise_op_works():
+        return 0
+    n = 0
+    for unit in model.modules():
+        if isinstance(unit, ConvBN) and unit.bn is None and _fusable(unit.conv):
+            kind = _pointwise(unit.act)
+            if kind is not None:
+                unit.conv, unit.act = ConvAct(unit.conv, *kind), nn.Identity()
+                n += 1
+        elif isinstance(unit, ACUnit) and unit.fused is not None and _fusable(unit.fused):
+            kind = _pointwise(unit.act)
+            if kind is not None:
+                unit.fused, unit.act = ConvAct(unit.fused, *kind), nn.Identity()
+                n += 1
+    return n
+
+
+_OP_CHECKED: dict[str, bool] = {}
+
+
+def _pointwise_op_works() -> bool:
+    """Whether ``mkldnn::_convolution_pointwise`` exists here and matches conv + leaky in bf16
+    (an internal op: checked once, on a tiny case, rather than trusted)."""
+    if "ok" not in _OP_CHECKED:
+        try:
+            g = torch.Generator().manual_seed(0)
+            conv = nn.Conv2d(8, 16, 3, 2, 1).to(torch.bfloat16, memory_format=torch.channels_last).eval()
+            x = torch.randn(1, 8, 12, 12, generator=g).to(torch.bfloat16, memory_format=torch.channels_last)
+            with torch.inference_mode():
+                ref = nn.functional.leaky_relu(conv(x), 0.1).float()
+                out = ConvAct(conv, "leaky_relu", [0.1], "")(x).float()
+            _OP_CHECKED["ok"] = out.shape == ref.shape and bool(torch.allclose(out, ref, atol=0.05, rtol=0.02))
+        except (AttributeError, RuntimeError, NotImplementedError):
+            _OP_CHECKED["ok"] = False
+    return _OP_CHECKED["ok"]
 
 
 def reduce_precision(model: Darknet, precision: str, device: torch.device) -> Darknet:
     """Fuse ``model`` (if not yet), store it channels_last and cast everything but its ``[yolo]``
-    layers to ``precision``, in place; convolutions :data:`KEEP_FP32` picks stay float32."""
+    layers to ``precision``, in place; convolutions :data:`KEEP_FP32` picks stay float32; on
+    the CPU each convolution's activation runs inside it (:class:`ConvAct`)."""
     if not model.fused:
         model.fuse()
     model.to(device=device, memory_format=torch.channels_last)
@@ -119,19 +218,13 @@ def reduce_precision(model: Darknet, precision: str, device: torch.device) -> Da
         if not isinstance(block, YOLOLayer):  # anchors and decoding stay float32
             block.to(dtype)
     if device.type == "cpu":
+        _fuse_activations(model)
         for parent in list(model.modules()):
             for name, child in list(parent.named_children()):
-                if isinstance(child, nn.Conv2d) and KEEP_FP32(child):
+                if isinstance(child, nn.Conv2d) and not isinstance(parent, ConvAct) and KEEP_FP32(child):
                     setattr(parent, name, Fp32Island(child))
+    model.engine_precision = precision  # prepared: a TorchBackend built on it does not redo this
     return model.eval()
-
-
-def model_dtype(model: nn.Module) -> torch.dtype:
-    """The dtype the network's input should have: that of its first convolution."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            return m.weight.dtype
-    return torch.float32
 
 
 class TorchBackend(Backend):
@@ -149,7 +242,7 @@ class TorchBackend(Backend):
         device = device or next(model.parameters()).device
         check_precision(precision, device)
         super().__init__(model_info(model, names), precision, device)
-        if precision != "fp32" and model_dtype(model) != DTYPES[precision]:
+        if precision != "fp32" and getattr(model, "engine_precision", "fp32") != precision:
             model = reduce_precision(model, precision, device)
         self.model = model
         self.dtype = DTYPES[precision]

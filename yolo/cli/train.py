@@ -64,7 +64,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="[yolo] random: a new input size every 10 steps (range scaled to --img-size)")
     g.add_argument("--augment", action=argparse.BooleanOptionalAction,
                    help="all augmentation (default on); --no-augment trains on plain resized images")
-    g.add_argument("--amp", action=argparse.BooleanOptionalAction, help="mixed precision (default: on CUDA)")
+    g.add_argument("--amp", action=argparse.BooleanOptionalAction,
+                   help="mixed precision (default: on CUDA): bf16 autocast on CPUs with AVX-512 BF16 / AMX "
+                        "and on CUDA 8.0+ GPUs, fp16 + loss scaling on older GPUs")
     g.add_argument("--ema-decay", type=float, help="EMA decay (default 0.9999, ramped up)")
     g.add_argument("--sparsity", type=float, help="network slimming: add S * sign(gamma) to the gradients of the "
                                               "prunable BN scales (then python -m yolo.prune); default 0")
