@@ -191,7 +191,7 @@ class Darknet(nn.Module):
         self.net.section = sections[0]
         self.sections = sections[1:]
         self.deployed_sections = sorted(edits)
-        return self
+        return self.eval()  # the blocks deploy() made are new modules, in training mode until now
 
     def export_onnx(self, path: str | Path, img_size: int | tuple[int, int] | None = None, batch: int = 1,
                     dynamic: bool = False, names: list[str] | None = None, check: bool = True) -> Path:
