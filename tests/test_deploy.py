@@ -194,3 +194,9 @@ def test_acresnet50_deploy_is_exact_and_becomes_resnet50(tmp_path):
     plain = quiet_model(ROOT / "cfg" / "resnet50-yolov3.cfg").load_darknet_weights(tmp_path / "dep.weights")
     assert_same_outputs(run(plain, x), ref)
     assert_same_outputs(run(model.fuse(), x), ref)
+
+
+def test_deploy_leaves_every_module_in_eval_mode():
+    model = Darknet("acresnet50-yolov3.cfg").train()
+    model.deploy()
+    assert not [name for name, m in model.named_modules() if m.training]
