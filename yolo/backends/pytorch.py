@@ -7,15 +7,20 @@ capability 8.0+); ``fp16`` on CUDA only (CPU float16 convolutions are unsupporte
 In reduced precision the convolutions (plain, grouped, depthwise, dilated), pooling, upsampling,
 routes and shortcuts run in bf16/fp16; every ``[yolo]`` layer stays float32 (its anchors as
 given; it casts its input up and decodes in float32), so the output is always float32 and NMS
-never sees a reduced-precision score. Which layer types run in reduced precision was decided by
-measurement (benchmarks/bench_precision.py --layers; AMD EPYC, AVX-512 BF16, torch 2.13, 2
-threads, channels_last, bf16 time / fp32 time): dense 3x3 and 1x1 convolutions 0.45-0.75 (stride
-1 and 2, the 3-channel stem included), grouped 0.52-0.63, dilated 0.53, depthwise 3x3 / 5x5
-0.90-0.96 (no faster, but not slower either, so casting around them, two extra copies, would
-cost more than it saves), pooling and upsampling 0.7-1.0. Elementwise activations are ~2x slower
-in bf16, but they cost a few percent of a convolution and casting around them would cost as
-much, so they stay in the network's dtype too. :data:`KEEP_FP32` is the hook where a layer type
-measured slower on some CPU would be kept in float32 (cast around it).
+never sees a reduced-precision score. On the CPU each convolution's activation runs inside it
+(:class:`ConvAct`, oneDNN's fused post-op): on its own, leaky in bf16 takes 2.2x its fp32 time.
+
+What runs in bf16 was decided by measurement, per layer type (``python
+benchmarks/bench_precision.py --layers --threads 1``: AMD EPYC with AVX-512 BF16, torch 2.13,
+channels_last, batch 1; bf16 time / fp32 time, medians of interleaved runs): dense 3x3 and 1x1
+convolutions 0.40-0.51 (stride 1 and 2), the 3-channel stem 0.63, grouped (g=4, g=32)
+0.57-0.66, dilated 0.52, depthwise 3x3 / 5x5 0.88-1.01, max/avg pooling 0.87-1.05, upsampling
+0.70; alone, leaky 2.16 and the shortcut add 1.87. Depthwise convolutions are no faster in bf16
+but not slower either (the open PyTorch report of slow bf16 grouped/dilated convolutions does
+not show on this CPU), while casting around them costs two copies: yolo-fastest-1.1 @320 (28
+depthwise) runs in 0.86x its fp32 time all-bf16 and in 1.04x with its depthwise convolutions
+kept in fp32. So nothing is kept in fp32; :data:`KEEP_FP32` is the hook for a CPU where a layer
+type measures slower.
 """
 from __future__ import annotations
 
@@ -141,8 +146,11 @@ def _pointwise(act: nn.Module) -> tuple[str, list[float], str] | None:
 
 class ConvAct(_Wraps):
     """A convolution and its activation in one oneDNN call (``mkldnn::_convolution_pointwise``, the
-    op inductor emits): on the CPU in bf16 an elementwise activation on its own costs about half a
-    convolution's time (it is ~2x slower in bf16 than in fp32), inside the convolution nothing."""
+    op inductor emits for the CPU). In bf16 a separate activation pass takes ~2x its fp32 time;
+    inside the convolution it is nearly free. On one idle thread that is worth little (yolov3-tiny
+    @416: 0.54x -> 0.53x of fp32 time), but it halves the parallel regions, and with 2 threads on a
+    busy machine each region's barrier costs (yolov3-tiny 0.79x -> 0.67x, yolo-fastest 1.17x ->
+    0.93x of fp32 time, load average 10)."""
 
     def __init__(self, conv: nn.Conv2d, attr: str, scalars: list[float], algorithm: str) -> None:
         super().__init__()
@@ -265,6 +273,6 @@ class TorchBackend(Backend):
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.dtype == torch.float32:
             x = x.to(self.device, non_blocking=True)
-        else:  # one copy: device, dtype and NHWC together
-            x = x.to(self.device, self.dtype, non_blocking=True, memory_format=torch.channels_last)
+        else:  # cast, then NHWC: 2.5x faster than both in one .to() (0.26 vs 0.68 ms at 416, 1 thread)
+            x = x.to(self.device, self.dtype, non_blocking=True).contiguous(memory_format=torch.channels_last)
         return self.model(x).float()
