@@ -11,16 +11,16 @@ never sees a reduced-precision score. On the CPU each convolution's activation r
 (:class:`ConvAct`, oneDNN's fused post-op): on its own, leaky in bf16 takes 2.2x its fp32 time.
 
 What runs in bf16 was decided by measurement, per layer type (``python
-benchmarks/bench_precision.py --layers --threads 1``: AMD EPYC with AVX-512 BF16, torch 2.13,
-channels_last, batch 1; bf16 time / fp32 time, medians of interleaved runs): dense 3x3 and 1x1
-convolutions 0.40-0.51 (stride 1 and 2), the 3-channel stem 0.63, grouped (g=4, g=32)
-0.57-0.66, dilated 0.52, depthwise 3x3 / 5x5 0.88-1.01, max/avg pooling 0.87-1.05, upsampling
-0.70; alone, leaky 2.16 and the shortcut add 1.87. Depthwise convolutions are no faster in bf16
-but not slower either (the open PyTorch report of slow bf16 grouped/dilated convolutions does
-not show on this CPU), while casting around them costs two copies: yolo-fastest-1.1 @320 (28
-depthwise) runs in 0.86x its fp32 time all-bf16 and in 1.04x with its depthwise convolutions
-kept in fp32. So nothing is kept in fp32; :data:`KEEP_FP32` is the hook for a CPU where a layer
-type measures slower.
+benchmarks/bench_precision.py --layers``: AMD EPYC with AVX-512 BF16, torch 2.13, 2 threads,
+channels_last, batch 1, load average 1.5; bf16 time / fp32 time, medians of interleaved runs):
+dense 3x3 and 1x1 convolutions 0.39-0.56 (stride 1 and 2), the 3-channel stem 0.60, grouped
+(g=4, g=32) 0.56-0.70, dilated 0.55, depthwise 3x3 / 5x5 0.92-0.98, max/avg pooling 0.94-1.02,
+upsampling 0.80; alone, leaky 2.04 and the shortcut add 1.69 (hence :class:`ConvAct`). Depthwise
+convolutions gain little in bf16 but lose nothing (the open PyTorch report of slow bf16
+grouped/dilated convolutions does not show on this CPU), while casting around them costs two
+copies: yolo-fastest-1.1 @320 (28 depthwise) runs in 0.82x its fp32 time all-bf16 and in 1.04x
+with its depthwise convolutions kept in fp32. So nothing is kept in fp32; :data:`KEEP_FP32` is
+the hook for a CPU where a layer type measures slower.
 """
 from __future__ import annotations
 
@@ -156,12 +156,32 @@ class ConvAct(_Wraps):
         super().__init__()
         self.conv, self.attr, self.scalars, self.algorithm = conv, attr, scalars, algorithm
         self.args = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+        self.packed: torch.Tensor | None = None  # the weight in oneDNN's own layout (first call)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         padding, stride, dilation, groups = self.args
-        return torch.ops.mkldnn._convolution_pointwise(
-            x.contiguous(memory_format=torch.channels_last), self.conv.weight, self.conv.bias, padding, stride,
-            dilation, groups, self.attr, self.scalars, self.algorithm)
+        x = x.contiguous(memory_format=torch.channels_last)
+        weight = self.packed if self.packed is not None else self._pack(x)
+        return torch.ops.mkldnn._convolution_pointwise(x, weight, self.conv.bias, padding, stride, dilation, groups,
+                                                       self.attr, self.scalars, self.algorithm)
+
+    def _pack(self, x: torch.Tensor) -> torch.Tensor:
+        """The weight reordered once into the blocked layout oneDNN picks for inputs like ``x``
+        (any input shape still works) instead of on every call: yolov3 @416 bf16 8% faster. The
+        engine's model is not changed after its first call; a dense weight where this PyTorch
+        cannot pack."""
+        padding, stride, dilation, groups = self.args
+        try:
+            self.packed = torch.ops.mkldnn._reorder_convolution_weight(
+                self.conv.weight.detach(), padding, stride, dilation, groups, list(x.shape))
+        except (AttributeError, RuntimeError, NotImplementedError):
+            self.packed = self.conv.weight.detach()
+        return self.packed
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["packed"] = None  # an opaque oneDNN tensor: neither copied nor pickled, packed again
+        return state
 
     def extra_repr(self) -> str:
         return f"{self.attr}{self.scalars or ''}"
