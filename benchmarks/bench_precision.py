@@ -13,7 +13,21 @@ Random weights written by our saver stand in where no trained file is shipped (s
 depend on them). Every figure is the median of interleaved repetitions; the load average is
 printed before and after: on a shared machine, compare ratios from one run only.
 
-    python benchmarks/bench_precision.py [--repeat 15] [--quick] [--layers] [--train-steps 6]
+    python benchmarks/bench_precision.py [--repeat 15] [--quick] [--layers] [--train-steps 6] [--threads 2]
+
+Measured 2026-11-25 (AMD EPYC, AVX-512 BF16, torch 2.13, OpenCV 4.14, 2 threads, load average
+1.4-1.6 at start and end; the machine shared with other jobs):
+
+    forward, batch 1, median ms   opencv    fp32    bf16  bf16/cv  fp32/cv bf16/fp32  target
+    yolo-fastest-1.1 @ 320          10.1     9.8     7.6     0.75     0.97      0.78
+    yolov3-tiny @ 416               35.0    35.9    17.1     0.49     1.03      0.48  <= 0.65
+    yolov3 @ 416                   331.6   341.9   155.7     0.47     1.03      0.46  <= 0.5
+    train step, yolov3-tiny @416, batch 8: fp32 918 ms, bf16 459 ms, 2.00x (target >= 1.8x)
+
+With 2 threads on a busy machine (load average 5-10) every torch figure is dominated by OpenMP
+threads waiting for a descheduled sibling (yolo-fastest fp32 took 1 s instead of 10 ms) and the
+ratios mean nothing; ``--threads 1`` still measures compute there (load 4-6: yolov3 0.50,
+yolov3-tiny 0.61, training 2.09x).
 """
 from __future__ import annotations
 
