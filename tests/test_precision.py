@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -204,6 +203,15 @@ def test_fp16_on_cpu_is_a_clear_error(fastest_cfg, fastest_weights, tmp_path, ca
                             "--half", "--device", "cpu", "--output", str(tmp_path), "--no-progress", "--quiet"])
     err = capsys.readouterr().err
     assert code != 0 and "fp16 needs a CUDA device" in err and "Traceback" not in err
+
+
+def test_evaluate_refuses_a_precision_its_engine_does_not_run(fastest_cfg):
+    """evaluate(engine, precision=...) cannot recast an engine it was handed: it says so."""
+    from yolo.evaluate import EvalError, _engine
+
+    engine = TorchBackend(Darknet(fastest_cfg).fuse(), "fp32")
+    with pytest.raises(EvalError, match="engine given runs fp32"):
+        _engine(engine, None, False, "bf16")
 
 
 def test_cpu_bf16_problem_names_the_missing_instructions(monkeypatch):
