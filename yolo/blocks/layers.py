@@ -112,8 +112,9 @@ def conv_with(kernel: torch.Tensor, bias: torch.Tensor | None, like: nn.Conv2d |
     if like is not None:
         stride, padding, dilation, groups = like.stride, like.padding, like.dilation, like.groups
     out_c, in_per_group = kernel.shape[:2]
-    conv = nn.Conv2d(in_per_group * groups, out_c, tuple(kernel.shape[2:]), stride, padding, dilation=dilation,
-                     groups=groups, bias=bias is not None).to(kernel)
+    conv = nn.utils.skip_init(nn.Conv2d, in_per_group * groups, out_c, tuple(kernel.shape[2:]), stride, padding,
+                              dilation=dilation, groups=groups, bias=bias is not None,
+                              device=kernel.device, dtype=kernel.dtype)  # no random init: it is overwritten
     with torch.no_grad():
         conv.weight.copy_(kernel)
         if bias is not None:
