@@ -32,6 +32,7 @@ the [yolo] ``nms_kind``) and that order, from the network's decoded output.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -220,56 +221,20 @@ def darknet_map(detections: Sequence[np.ndarray], ground_truth: Sequence[np.ndar
         raise ValueError(f"{len(names)} names for {num_classes} classes")
 
     truth_count = np.zeros(num_classes, np.int64)
+    at_thr = _AtThreshold(np.zeros(num_classes, np.int64), np.zeros(num_classes, np.int64))
     scores, classes, truth_ids = [], [], []
-    tp_thr = np.zeros(num_classes, np.int64)
-    fp_thr = np.zeros(num_classes, np.int64)
-    iou_sum = 0.0
     truth_offset = 0  # Darknet's unique_truth_count before this image
     for dets, gt in zip(detections, ground_truth):
-        dets = np.asarray(dets, np.float64).reshape(-1, 6)
-        gt = np.asarray(gt, np.float64).reshape(-1, 5)
-        gt_cls = gt[:, 4].astype(np.int64)
-        if len(gt_cls) and (gt_cls.min() < 0 or gt_cls.max() >= num_classes):
-            raise ValueError(f"ground-truth class outside 0..{num_classes - 1}")
+        score, det_cls, truth, gt_cls = _match_image(dets, gt, num_classes, iou_thres, conf_thres,
+                                                     truth_offset, at_thr)
         truth_count += np.bincount(gt_cls, minlength=num_classes)
-        det_cls = dets[:, 5].astype(np.int64)
-        if len(det_cls) and (det_cls.min() < 0 or det_cls.max() >= num_classes):
-            raise ValueError(f"detection class outside 0..{num_classes - 1}")
-        keep = dets[:, 4] > 0  # Darknet keeps a (box, class) when its probability is > 0
-        dets, det_cls = dets[keep], det_cls[keep]
-        iou = box_iou_matrix(dets[:, :4], gt[:, :4])
-        iou = np.where((det_cls[:, None] == gt_cls[None, :]) & (iou > iou_thres), iou, 0.0)
-        best = iou.argmax(1) if gt.shape[0] else np.zeros(len(dets), np.int64)
-        best_iou = iou[np.arange(len(dets)), best] if gt.shape[0] else np.zeros(len(dets))
-        truth = np.where(best_iou > 0, truth_offset + best, -1)  # the first of equal IoUs, as Darknet
-        # at the report threshold, in the image's own detection order
-        taken: set[int] = set()
-        for k in range(len(dets)):
-            t = int(truth[k])
-            if dets[k, 4] > conf_thres:
-                if t >= 0 and t not in taken:
-                    tp_thr[det_cls[k]] += 1
-                    iou_sum += float(best_iou[k])
-                else:
-                    fp_thr[det_cls[k]] += 1
-            taken.add(t)
-        scores.append(dets[:, 4])
+        scores.append(score)
         classes.append(det_cls)
         truth_ids.append(truth)
-        truth_offset += len(gt)
-
+        truth_offset += len(gt_cls)
     score = np.concatenate(scores) if scores else np.zeros(0)
-    cls = np.concatenate(classes) if classes else np.zeros(0, np.int64)
-    truth = np.concatenate(truth_ids) if truth_ids else np.zeros(0, np.int64)
-    # rank all detections by probability (stable: ties keep image order, then input order)
-    order = np.argsort(-score.astype(np.float32), kind="stable")
-    cls, truth = cls[order], truth[order]
-    is_tp = np.zeros(len(order), bool)
-    if len(order):
-        matched = np.flatnonzero(truth >= 0)
-        # a truth is a TP for the first-ranked detection tied to it only
-        _, first = np.unique(truth[matched], return_index=True)
-        is_tp[matched[first]] = True
+    cls, is_tp = _rank(score, np.concatenate(classes) if classes else np.zeros(0, np.int64),
+                       np.concatenate(truth_ids) if truth_ids else np.zeros(0, np.int64))
 
     per_class: dict[str, dict[str, Any]] = {}
     aps = np.zeros(num_classes)
@@ -280,24 +245,75 @@ def darknet_map(detections: Sequence[np.ndarray], ground_truth: Sequence[np.ndar
         with np.errstate(divide="ignore", invalid="ignore"):
             precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 0.0)
             recall = tp / truth_count[c] if truth_count[c] > 0 else np.zeros(len(tp))
-        aps[c] = average_precision(precision, recall, points) if len(order) else 0.0
-        per_class[names[c]] = {"ap": float(aps[c]), "tp": int(tp_thr[c]), "fp": int(fp_thr[c]),
+        aps[c] = average_precision(precision, recall, points) if len(cls) else 0.0
+        per_class[names[c]] = {"ap": float(aps[c]), "tp": int(at_thr.tp[c]), "fp": int(at_thr.fp[c]),
                                "gt": int(truth_count[c])}
+    return {"map": float(aps.mean()) if num_classes else 0.0, "points": int(points),
+            "iou_thres": float(iou_thres), "conf_thres": float(conf_thres),
+            **at_thr.summary(int(truth_count.sum())), "detections": int(len(cls)), "per_class": per_class}
 
-    tp_all, fp_all = int(tp_thr.sum()), int(fp_thr.sum())
-    truths = int(truth_count.sum())
-    precision_thr = tp_all / (tp_all + fp_all) if tp_all + fp_all else 0.0
-    recall_thr = tp_all / truths if truths else 0.0
-    f1 = 2 * precision_thr * recall_thr / (precision_thr + recall_thr) if precision_thr + recall_thr else 0.0
-    return {
-        "map": float(aps.mean()) if num_classes else 0.0,
-        "points": int(points), "iou_thres": float(iou_thres), "conf_thres": float(conf_thres),
-        "precision": float(precision_thr), "recall": float(recall_thr), "f1": float(f1),
-        "tp": tp_all, "fp": fp_all, "fn": truths - tp_all,
-        "avg_iou": iou_sum / (tp_all + fp_all) if tp_all + fp_all else 0.0,
-        "detections": int(len(order)), "truths": truths,
-        "per_class": per_class,
-    }
+
+@dataclass
+class _AtThreshold:
+    """TP and FP per class, and the sum of the TPs' IoU, at the report threshold."""
+
+    tp: np.ndarray
+    fp: np.ndarray
+    iou_sum: float = 0.0
+
+    def summary(self, truths: int) -> dict[str, Any]:
+        tp, fp = int(self.tp.sum()), int(self.fp.sum())
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / truths if truths else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        return {"precision": float(precision), "recall": float(recall), "f1": float(f1), "tp": tp, "fp": fp,
+                "fn": truths - tp, "avg_iou": self.iou_sum / (tp + fp) if tp + fp else 0.0, "truths": truths}
+
+
+def _match_image(dets: np.ndarray, gt: np.ndarray, num_classes: int, iou_thres: float, conf_thres: float,
+                 truth_offset: int, at_thr: _AtThreshold) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One image: each detection's truth (global index, -1 for none: the best-IoU truth of its class
+    above ``iou_thres``), counting TP/FP at ``conf_thres`` in the image's own detection order.
+    Returns (scores, classes, truth ids) of the kept detections and the truths' classes."""
+    dets = np.asarray(dets, np.float64).reshape(-1, 6)
+    gt = np.asarray(gt, np.float64).reshape(-1, 5)
+    gt_cls = gt[:, 4].astype(np.int64)
+    if len(gt_cls) and (gt_cls.min() < 0 or gt_cls.max() >= num_classes):
+        raise ValueError(f"ground-truth class outside 0..{num_classes - 1}")
+    det_cls = dets[:, 5].astype(np.int64)
+    if len(det_cls) and (det_cls.min() < 0 or det_cls.max() >= num_classes):
+        raise ValueError(f"detection class outside 0..{num_classes - 1}")
+    keep = dets[:, 4] > 0  # Darknet keeps a (box, class) when its probability is > 0
+    dets, det_cls = dets[keep], det_cls[keep]
+    iou = box_iou_matrix(dets[:, :4], gt[:, :4])
+    iou = np.where((det_cls[:, None] == gt_cls[None, :]) & (iou > iou_thres), iou, 0.0)
+    best = iou.argmax(1) if gt.shape[0] else np.zeros(len(dets), np.int64)
+    best_iou = iou[np.arange(len(dets)), best] if gt.shape[0] else np.zeros(len(dets))
+    truth = np.where(best_iou > 0, truth_offset + best, -1)  # the first of equal IoUs, as Darknet
+    taken: set[int] = set()
+    for k in range(len(dets)):
+        t = int(truth[k])
+        if dets[k, 4] > conf_thres:
+            if t >= 0 and t not in taken:
+                at_thr.tp[det_cls[k]] += 1
+                at_thr.iou_sum += float(best_iou[k])
+            else:
+                at_thr.fp[det_cls[k]] += 1
+        taken.add(t)
+    return dets[:, 4], det_cls, truth, gt_cls
+
+
+def _rank(score: np.ndarray, cls: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All detections ranked by probability (stable: ties keep image order, then input order), and
+    whether each is a TP: a truth counts for the first-ranked detection tied to it only."""
+    order = np.argsort(-score.astype(np.float32), kind="stable")
+    cls, truth = cls[order], truth[order]
+    is_tp = np.zeros(len(order), bool)
+    if len(order):
+        matched = np.flatnonzero(truth >= 0)
+        _, first = np.unique(truth[matched], return_index=True)
+        is_tp[matched[first]] = True
+    return cls, is_tp
 
 
 def format_darknet_report(report: dict[str, Any]) -> str:
