@@ -7,7 +7,10 @@ score = objectness x class probability, the same per-class NMS op as ours
 pycocotools COCOeval. Both run as fresh processes (imports, model load and scoring included), so
 the figures are end to end. Speed is printed, never asserted.
 
-    python benchmarks/bench_test.py [--coco128 ../shared/data/coco128] [--repeat 2]
+    python benchmarks/bench_test.py [--coco128 ../shared/data/coco128] [--repeat 2] [--onnx]
+
+``--onnx`` exports the shipped model (``python -m yolo.export``, fp32, batch 1) first and runs
+``test.py --weights model.onnx``: the onnxruntime engine end to end.
 """
 from __future__ import annotations
 
@@ -87,6 +90,7 @@ def main() -> int:
     p.add_argument("--conf", type=float, default=0.005, help="score threshold of both (the reference's)")
     p.add_argument("--repeat", type=int, default=2, help="runs of each; the best is reported")
     p.add_argument("--workers", type=int, default=None, help="test.py --workers (default: its own)")
+    p.add_argument("--onnx", action="store_true", help="run test.py on an ONNX export (onnxruntime engine)")
     p.add_argument("--opencv-only", type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.opencv_only:
@@ -100,6 +104,11 @@ def main() -> int:
                 "--metrics-json", str(tmp / "ours.json")]
     if args.workers is not None:
         ours_cmd += ["--workers", str(args.workers)]
+    if args.onnx:
+        onnx_file = tmp / "yolo-fastest-1.1.onnx"
+        subprocess.run([sys.executable, "-m", "yolo.export", "--out", str(onnx_file)], cwd=ROOT, check=True,
+                       stdout=subprocess.DEVNULL)
+        ours_cmd += ["--weights", str(onnx_file)]
     cv_cmd = [sys.executable, __file__, "--coco128", str(args.coco128), "--conf", str(args.conf),
               "--opencv-only", str(tmp / "opencv.json")]
     best = {"ours": float("inf"), "opencv": float("inf")}
@@ -113,10 +122,11 @@ def main() -> int:
     ref = json.loads((tmp / "opencv.json").read_text())
     ms = ours["ms_per_image"]
     print(f"coco128, yolo-fastest-1.1 @320, conf {args.conf}, {os.cpu_count()} CPUs, best of {args.repeat}")
-    print(f"  opencv dnn pipeline : {best['opencv']:6.2f} s   mAP {ref['map']:.4f}  mAP@.5 {ref['map50']:.4f}")
-    print(f"  test.py             : {best['ours']:6.2f} s   mAP {ours['map']:.4f}  mAP@.5 {ours['map50']:.4f}"
+    print(f"  {'opencv dnn pipeline':<26}: {best['opencv']:6.2f} s   mAP {ref['map']:.4f}  mAP@.5 {ref['map50']:.4f}")
+    label = f"test.py ({'onnxruntime' if args.onnx else 'torch'})"
+    print(f"  {label:<26}: {best['ours']:6.2f} s   mAP {ours['map']:.4f}  mAP@.5 {ours['map50']:.4f}"
           f"   ({ms['preprocess']:.1f} / {ms['inference']:.1f} / {ms['nms']:.1f} ms per image pre / infer / NMS)")
-    print(f"  ratio opencv / ours : {best['opencv'] / best['ours']:.2f}x  (> 1: test.py is faster)")
+    print(f"  {'ratio opencv / ours':<26}: {best['opencv'] / best['ours']:.2f}x  (> 1: test.py is faster)")
     print(f"  of which interpreter + imports: opencv {imports['opencv']:.2f} s, ours {imports['ours']:.2f} s (torch); "
           f"without them the ratio is {(best['opencv'] - imports['opencv']) / (best['ours'] - imports['ours']):.2f}x")
     return 0

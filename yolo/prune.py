@@ -185,10 +185,11 @@ def copy_sliced(old: Darknet, new: Darknet, masks: dict[int, tuple[torch.Tensor,
 # the report: parameters, BFLOPs, weights size, forward time, per layer and total
 # ---------------------------------------------------------------------------------------------
 def forward_ms(model: Darknet, size: tuple[int, int], runs: int = 3) -> float:
-    """Median eval forward time (ms) of one image at ``size`` = (width, height); 0 runs -> nan."""
+    """Median forward time (ms) of one image at ``size`` = (width, height) of a fused copy of
+    ``model`` (BatchNorm folded: what inference runs); 0 runs -> nan."""
     if runs < 1:
         return float("nan")
-    model = model.eval()
+    model = copy.deepcopy(model).fuse()
     x = torch.rand(1, model.net.channels, size[1], size[0])
     times = []
     with torch.inference_mode():
