@@ -11,6 +11,7 @@ read by both) stand in where no trained file is shipped: speed does not depend o
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -44,6 +45,11 @@ def interleaved_ms(fns: dict[str, Callable[[], object]], repeat: int, warmup: in
             fn()
             times[name].append((time.perf_counter() - t0) * 1e3)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages: printed beside figures from a possibly shared machine."""
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 def random_weights(cfg: str, folder: Path) -> Path:

@@ -33,11 +33,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
-import statistics
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -50,6 +47,9 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_inference import THREADS, interleaved_ms, load_average, opencv_net, random_weights  # noqa: E402
 from yolo.backends import load_backend  # noqa: E402
 from yolo.backends.pytorch import cpu_bf16_problem  # noqa: E402
 from yolo.hyp import Hyp  # noqa: E402
@@ -57,41 +57,9 @@ from yolo.loss import YOLOLoss  # noqa: E402
 from yolo.model import Darknet  # noqa: E402
 from yolo.trainer import build_optimizer  # noqa: E402
 
-THREADS = 2
-
-
-def load() -> str:
-    return " ".join(f"{v:.2f}" for v in os.getloadavg())
-
-
-def interleaved_ms(fns: dict[str, Callable[[], object]], repeat: int, warmup: int = 2) -> dict[str, float]:
-    """Median wall time (ms) of each function, timed round-robin so that load drifting over the
-    run hits every contender alike."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeat):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - t0) * 1e3)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
-def random_weights(cfg: str, folder: Path) -> Path:
-    torch.manual_seed(0)
-    model = Darknet(ROOT / "cfg" / cfg, warn_unused=False)
-    path = folder / (Path(cfg).stem + ".weights")
-    model.save_darknet_weights(path)
-    return path
-
-
 def bench_forward(cfg: str, weights: Path, size: int, repeat: int) -> dict[str, float]:
     image = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
-    net = cv2.dnn.readNetFromDarknet(str(ROOT / "cfg" / cfg), str(weights))
-    net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
-    net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+    net = opencv_net(ROOT / "cfg" / cfg, weights)
     names = net.getUnconnectedOutLayersNames()
 
     def opencv() -> object:
@@ -207,7 +175,7 @@ def main() -> None:
     warnings.simplefilter("ignore")
     print(f"torch {torch.__version__}, opencv {cv2.__version__}, {a.threads} threads, "
           f"{torch.cpu.get_capabilities().get('cpu_name', '?') if hasattr(torch.cpu, 'get_capabilities') else ''}; "
-          f"load average {load()} (start)")
+          f"load average {load_average()} (start)")
     rows = [("yolo-fastest-1.1", "yolo-fastest-1.1.cfg", ROOT / "weights" / "yolo-fastest-1.1.weights", 320, None),
             ("yolov3-tiny", "yolov3-tiny.cfg", None, 416, 0.65)]
     if not a.quick:
@@ -224,11 +192,11 @@ def main() -> None:
         cv = r["opencv"]
         print(f"{model:<28}{cv:>8.1f}{r['fp32']:>8.1f}{r['bf16']:>8.1f}{r['bf16'] / cv:>9.2f}{r['fp32'] / cv:>9.2f}"
               f"{r['bf16'] / r['fp32']:>10.2f}  {f'bf16/cv <= {target}' if target else ''}")
-    print(f"load average {load()}")
+    print(f"load average {load_average()}")
     t = bench_train("yolov3-tiny.cfg", 416, 8, a.train_steps)
     print(f"\n{'train step, yolov3-tiny @416, batch 8':<40}{'fp32 ms':>9}{'bf16 ms':>9}{'speed-up':>10}  target")
     print(f"{'':<40}{t['fp32']:>9.0f}{t['bf16']:>9.0f}{t['fp32'] / t['bf16']:>9.2f}x  >= 1.8x")
-    print(f"load average {load()}")
+    print(f"load average {load_average()}")
     if a.layers:
         print(f"\n{'layer type (inference, channels_last)':<34}{'fp32 ms':>9}{'bf16 ms':>9}{'bf16/fp32':>10}")
         for name, f, b in bench_layers(max(3, a.repeat // 3)):
@@ -237,7 +205,7 @@ def main() -> None:
         print("\nyolo-fastest-1.1 @320 whole, median ms: " + ", ".join(f"{k} {v:.1f}" for k, v in d.items())
               + f"; bf16/fp32 {d['bf16'] / d['fp32']:.2f}, "
               f"depthwise-fp32/fp32 {d['bf16, depthwise fp32'] / d['fp32']:.2f}")
-        print(f"load average {load()} (end)")
+        print(f"load average {load_average()} (end)")
 
 
 if __name__ == "__main__":
