@@ -584,10 +584,11 @@ class Trainer:
             from .plots import plot_bn_scales
             self.bn_scales = [*getattr(self, "bn_scales", []), self.sparsity.scales().numpy()]
             plot_bn_scales(self.bn_scales, self.out / "bn_scales.png", first_epoch=state.epoch + 2 - len(self.bn_scales))
+        scored = (f"mAP@.5 {metrics['map50']:.4f} mAP {metrics['map']:.4f}" if metrics["map50"] == metrics["map50"]
+                  else "not evaluated (--eval-interval)")
         self.say(f"epoch {state.epoch + 1}/{self.plan.epochs}: loss {logs['total']:.3f} (box {logs['box']:.3f} "
-                 f"obj {logs['obj']:.3f} cls {logs['cls']:.3f}) lr {logs['lr']:.3g} mAP@.5 "
-                 f"{metrics['map50']:.4f} mAP {metrics['map']:.4f}  data wait {100 * logs['data_wait']:.0f}%"
-                 f"  {seconds:.0f}s")
+                 f"obj {logs['obj']:.3f} cls {logs['cls']:.3f}) lr {logs['lr']:.3g} {scored}  data wait "
+                 f"{100 * logs['data_wait']:.0f}%  {seconds:.0f}s")
 
 
 def train(opts: TrainOptions, device: torch.device, ckpt: dict[str, Any] | None = None) -> dict[str, Any]:
