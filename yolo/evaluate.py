@@ -265,16 +265,7 @@ def evaluate(model: torch.nn.Module | Backend, info: DatasetInfo, img_size: int 
         dataset_cls(records, size_hw, letter_box), batch_size=batch_size, shuffle=False,
         num_workers=workers, collate_fn=collate_eval, pin_memory=engine.device.type == "cuda",
         worker_init_fn=worker_init if workers > 0 else None)
-    if darknet:  # Darknet's own NMS kind, read from its last [yolo]; no cap unless max_det > 0
-        kind, beta = minfo.extra.get("nms_kind", "default"), minfo.extra.get("beta_nms", 0.6)
-
-        def nms(pred: torch.Tensor) -> list[np.ndarray]:
-            outs = [darknet_nms(p, conf_thres, nms_thres, kind, beta, (size_hw[1], size_hw[0]))
-                    for p in pred.detach().float().cpu().numpy()]
-            return [o[np.argsort(-o[:, 4], kind="stable")[:max_det]] for o in outs] if max_det > 0 else outs
-    else:
-        def nms(pred: torch.Tensor) -> list[np.ndarray]:
-            return postprocess(pred, conf_thres, nms_thres, max_det if max_det > 0 else None)
+    nms = _nms(minfo, darknet, conf_thres, nms_thres, max_det, size_hw)
     try:
         run = _predict(engine, loader, nms, records, problems, verbose)
     finally:
@@ -306,6 +297,21 @@ def evaluate(model: torch.nn.Module | Backend, info: DatasetInfo, img_size: int 
                                       "mAP is 0")
     metrics["problems"] = dict(problems.counts)
     return metrics
+
+
+def _nms(minfo: ModelInfo, darknet: bool, conf_thres: float, nms_thres: float, max_det: int,
+         size_hw: tuple[int, int]) -> Callable[[torch.Tensor], list[np.ndarray]]:
+    """The post-processing of one batch: ours (``boxes.postprocess``, per-class NMS, at most
+    ``max_det``), or Darknet's own NMS kind read from its last [yolo], uncapped unless max_det > 0."""
+    if not darknet:
+        return lambda pred: postprocess(pred, conf_thres, nms_thres, max_det if max_det > 0 else None)
+    kind, beta = minfo.extra.get("nms_kind", "default"), minfo.extra.get("beta_nms", 0.6)
+
+    def nms(pred: torch.Tensor) -> list[np.ndarray]:
+        outs = [darknet_nms(p, conf_thres, nms_thres, kind, beta, (size_hw[1], size_hw[0]))
+                for p in pred.detach().float().cpu().numpy()]
+        return [o[np.argsort(-o[:, 4], kind="stable")[:max_det]] for o in outs] if max_det > 0 else outs
+    return nms
 
 
 @dataclass
