@@ -11,7 +11,8 @@ fine-tuning example):
 
 For each stage: parameters, BFLOPs at 320 (``yolo.info``'s count), forward ms of the fused model
 (batch 1, 2 threads, all models timed round-robin in this one process, as a ratio to the shipped
-model) and pycocotools mAP@.5 / mAP@[.5:.95] (test.py defaults). Takes ~15 min on 2 cores.
+model) and pycocotools mAP@.5 / mAP@[.5:.95] (test.py defaults). About 8 min on 2 cores at
+``--epochs 5``, 30 min at 20. Train = val: the mAP figures are training-set figures.
 
     python benchmarks/prune_coco128.py [--epochs 5] [--sparsity 2] [--ratios 0.35,0.5] [--prune-lr LR] [--out runs/prune128]
 """
