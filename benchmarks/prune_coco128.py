@@ -14,7 +14,7 @@ For each stage: parameters, BFLOPs at 320 (``yolo.info``'s count), forward ms of
 model) and pycocotools mAP@.5 / mAP@[.5:.95] (test.py defaults). About 8 min on 2 cores at
 ``--epochs 5``, 30 min at 20. Train = val: the mAP figures are training-set figures.
 
-    python benchmarks/prune_coco128.py [--epochs 5] [--sparsity 2] [--ratios 0.35,0.5] [--prune-lr LR] [--out runs/prune128]
+    python benchmarks/prune_coco128.py [--epochs 20] [--sparsity 1] [--ratios 0.1,0.3] [--prune-lr 0.001] [--out runs/prune128]
 """
 from __future__ import annotations
 
@@ -75,11 +75,12 @@ def load(cfg: str, weights: str) -> Darknet:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=5, help="epochs of each fine-tuning stage")
+    p.add_argument("--epochs", type=int, default=20, help="epochs of each fine-tuning stage")
     p.add_argument("--lr", type=float, default=1e-4, help="learning rate of the unpruned fine-tuning stages")
-    p.add_argument("--prune-lr", type=float, default=None, help="learning rate after pruning (default: --lr)")
-    p.add_argument("--sparsity", type=float, default=2.0)
-    p.add_argument("--ratios", default="0.35,0.5", help="comma-separated pruning ratios")
+    p.add_argument("--prune-lr", type=float, default=1e-3,
+                   help="learning rate after pruning (a damaged model needs more than --lr)")
+    p.add_argument("--sparsity", type=float, default=1.0)
+    p.add_argument("--ratios", default="0.1,0.3", help="comma-separated pruning ratios")
     p.add_argument("--out", default="runs/prune128")
     args = p.parse_args()
     if not COCO.is_dir():
@@ -96,7 +97,7 @@ def main() -> None:
         sh("-m", "yolo.prune", "--cfg", CFG, "--weights", stages["sparse"][1], "--ratio", str(r),
            "--out-cfg", cfg, "--out-weights", weights, "--time-runs", "0")
         stages[f"p{r}"] = (cfg, weights)
-        stages[f"p{r}-ft"] = (cfg, train(cfg, weights, out / f"p{r}-ft", args.epochs, args.prune_lr or args.lr, []))
+        stages[f"p{r}-ft"] = (cfg, train(cfg, weights, out / f"p{r}-ft", args.epochs, args.prune_lr, []))
 
     metrics = {name: evaluate(cfg, w, out / f"metrics-{name}") for name, (cfg, w) in stages.items()}
     torch.set_num_threads(THREADS)
