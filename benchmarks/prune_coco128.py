@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_inference import THREADS, interleaved_ms  # noqa: E402
 from yolo import Darknet  # noqa: E402
+from yolo.checkpoint import load_weights  # noqa: E402
 from yolo.info import layer_table, total_bflops  # noqa: E402
 
 COCO = ROOT.parent / "shared" / "data" / "coco128"
@@ -60,16 +61,10 @@ def evaluate(cfg: str, weights: str, out: Path) -> dict:
 
 
 def load(cfg: str, weights: str) -> Darknet:
-    from yolo.checkpoint import load_checkpoint
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = Darknet(cfg, warn_unused=False)
-        if weights.endswith(".pt"):
-            state = load_checkpoint(weights)
-            model.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
-        else:
-            model.load_darknet_weights(weights)
+        load_weights(model, weights)  # a .pt: its EMA, as train.py evaluates it
     return model.eval()
 
 
@@ -100,18 +95,26 @@ def main() -> None:
         stages[f"p{r}-ft"] = (cfg, train(cfg, weights, out / f"p{r}-ft", args.epochs, args.prune_lr, []))
 
     metrics = {name: evaluate(cfg, w, out / f"metrics-{name}") for name, (cfg, w) in stages.items()}
+    report(stages, metrics)
+
+
+def report(stages: dict[str, tuple[str, str]], metrics: dict[str, dict]) -> None:
+    """One row per stage: parameters, BFLOPs, fused forward ms (round-robin, and / the first stage's), mAP."""
     torch.set_num_threads(THREADS)
     x = torch.rand(1, 3, 320, 320)
-    models = {name: load(cfg, w) for name, (cfg, w) in stages.items()}
-    fused = {name: load(cfg, w).fuse() for name, (cfg, w) in stages.items()}
+    first = next(iter(stages))
+    size: dict[str, tuple[int, float]] = {}
+    fused: dict[str, Darknet] = {}
+    for name, (cfg, w) in stages.items():
+        model = load(cfg, w)
+        size[name] = (sum(t.numel() for t in model.parameters()), total_bflops(layer_table(model, (320, 320))))
+        fused[name] = model.fuse()
     with torch.inference_mode():
         ms = interleaved_ms({n: (lambda m=m: m(x)) for n, m in fused.items()}, repeat=50)
     print(f"\n{'stage':<10}{'params':>10}{'BFLOPs':>9}{'fwd ms':>8}{'x base':>8}{'mAP@.5':>8}{'mAP':>8}")
-    for name, model in models.items():
-        params = sum(t.numel() for t in model.parameters())
-        bflops = total_bflops(layer_table(model, (320, 320)))
+    for name, (params, bflops) in size.items():
         m = metrics[name]
-        print(f"{name:<10}{params:>10,}{bflops:>9.3f}{ms[name]:>8.2f}{ms[name] / ms['base']:>8.2f}"
+        print(f"{name:<10}{params:>10,}{bflops:>9.3f}{ms[name]:>8.2f}{ms[name] / ms[first]:>8.2f}"
               f"{m['map50']:>8.3f}{m['map']:>8.3f}")
 
 
