@@ -46,7 +46,6 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_inference import THREADS, interleaved_ms, load_average, opencv_net, random_weights  # noqa: E402

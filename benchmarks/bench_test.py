@@ -106,8 +106,7 @@ def main() -> int:
         ours_cmd += ["--workers", str(args.workers)]
     if args.onnx:
         onnx_file = tmp / "yolo-fastest-1.1.onnx"
-        subprocess.run([sys.executable, "-m", "yolo.export", "--out", str(onnx_file)], cwd=ROOT, check=True,
-                       stdout=subprocess.DEVNULL)
+        timed([sys.executable, "-m", "yolo.export", "--out", str(onnx_file)])  # a failure exits with its stderr
         ours_cmd += ["--weights", str(onnx_file)]
     cv_cmd = [sys.executable, __file__, "--coco128", str(args.coco128), "--conf", str(args.conf),
               "--opencv-only", str(tmp / "opencv.json")]
