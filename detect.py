@@ -1,3 +1,5 @@
 import sys
+
 from yolo.cli.detect import main
+
 sys.exit(main())

@@ -1,3 +1,5 @@
 import sys
+
 from yolo.cli.test import main
+
 sys.exit(main())

@@ -1,3 +1,5 @@
 import sys
+
 from yolo.cli.train import main
+
 sys.exit(main())

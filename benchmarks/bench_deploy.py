@@ -7,7 +7,8 @@ Three models timed in interleaved rounds (so drifts in machine load hit all alik
 - ``tiny-ac deployed``: after ``deploy()`` (one plain conv each) and ``fuse()`` (other BNs);
 - ``tiny plain``: yolov3-tiny.cfg, ``fuse()``d — the reference the deployed model should match.
 
-Prints medians, minima (less sensitive to other load on a shared machine) and their ratios; target: deployed / plain within 5% (ratio <= 1.05).
+Prints medians, minima (less sensitive to other load on a shared machine) and their ratios;
+target: deployed / plain within 5% (ratio <= 1.05).
 
     python benchmarks/bench_deploy.py [--repeat 30] [--size 416]
 """

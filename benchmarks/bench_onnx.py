@@ -30,10 +30,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_inference import THREADS, interleaved_ms, load_average, opencv_net, random_weights  # noqa: E402
 from yolo import Darknet  # noqa: E402
 from yolo.backends import load_backend  # noqa: E402
 from yolo.export import export_onnx, quantize_int8  # noqa: E402
+
+from bench_inference import THREADS, interleaved_ms, load_average, opencv_net, random_weights  # noqa: E402
 
 TARGETS = {"yolo-fastest-1.1": 0.4, "yolov3-tiny": 0.55, "yolov3": 0.4}  # best onnxruntime engine / OpenCV
 CALIB = ROOT / "data" / "samples"

@@ -48,13 +48,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_inference import THREADS, interleaved_ms, load_average, opencv_net, random_weights  # noqa: E402
 from yolo.backends import load_backend  # noqa: E402
 from yolo.backends.pytorch import cpu_bf16_problem  # noqa: E402
 from yolo.hyp import Hyp  # noqa: E402
 from yolo.loss import YOLOLoss  # noqa: E402
 from yolo.model import Darknet  # noqa: E402
 from yolo.trainer import build_optimizer  # noqa: E402
+
+from bench_inference import THREADS, interleaved_ms, load_average, opencv_net, random_weights  # noqa: E402
+
 
 def bench_forward(cfg: str, weights: Path, size: int, repeat: int) -> dict[str, float]:
     image = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)

@@ -19,13 +19,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from yolo.augment import AugmentConfig  # noqa: E402
-from yolo.loaders import TrainDataset, collate  # noqa: E402
 from yolo.datasets import load_dataset  # noqa: E402
-from yolo.loaders import worker_init  # noqa: E402
 from yolo.hyp import Hyp  # noqa: E402
-from yolo.trainer import build_optimizer  # noqa: E402
+from yolo.loaders import (  # noqa: E402
+    TrainDataset,
+    collate,
+    worker_init,  # noqa: E402
+)
 from yolo.loss import YOLOLoss  # noqa: E402
 from yolo.model import Darknet  # noqa: E402
+from yolo.trainer import build_optimizer  # noqa: E402
 
 REFERENCE_IMG_S = 4.8
 

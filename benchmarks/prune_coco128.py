@@ -14,7 +14,8 @@ For each stage: parameters, BFLOPs at 320 (``yolo.info``'s count), forward ms of
 model) and pycocotools mAP@.5 / mAP@[.5:.95] (test.py defaults). About 8 min on 2 cores at
 ``--epochs 5``, 30 min at 20. Train = val: the mAP figures are training-set figures.
 
-    python benchmarks/prune_coco128.py [--epochs 20] [--sparsity 1] [--ratios 0.1,0.3] [--prune-lr 0.001] [--out runs/prune128]
+    python benchmarks/prune_coco128.py [--epochs 20] [--sparsity 1] [--ratios 0.1,0.3] [--prune-lr 0.001] \
+        [--out runs/prune128]
 """
 from __future__ import annotations
 
@@ -31,10 +32,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_inference import THREADS, interleaved_ms  # noqa: E402
 from yolo import Darknet  # noqa: E402
 from yolo.checkpoint import load_weights  # noqa: E402
 from yolo.info import layer_table, total_bflops  # noqa: E402
+
+from bench_inference import THREADS, interleaved_ms  # noqa: E402
 
 COCO = ROOT.parent / "shared" / "data" / "coco128"
 DATA = ["--data", str(COCO / "annotations" / "instances_val2017.json"), "--images", str(COCO / "val2017")]

@@ -8,11 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers import NET, build, randomize
 from yolo import ConfigError, Darknet
 from yolo.blocks.acnet import ACConv
-from yolo.blocks.layers import ACUnit, add_asymmetric
 from yolo.blocks.conv import Convolutional
+from yolo.blocks.layers import ACUnit, add_asymmetric
+
+from helpers import NET, build, randomize
 
 
 def ac_section(filters: int = 6, size: int = 3, stride: int = 1, groups: int = 1,

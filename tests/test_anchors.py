@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import ROOT
-from yolo.anchors import (AnchorError, anchors_text, avg_iou, dataset_boxes, kmeans_anchors, main,
-                          wh_iou)
+from yolo.anchors import AnchorError, anchors_text, avg_iou, dataset_boxes, kmeans_anchors, main, wh_iou
 from yolo.cfg import parse_cfg_text
+
+from helpers import ROOT
 
 
 def _coco_json(coco128: Path) -> Path:

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import TINY
 from yolo import ConfigError, Darknet
 from yolo.cfg import UnusedKeyWarning, parse_cfg_text
 
+from helpers import TINY
 
 
 def test_comments_blank_lines_and_spaces_as_darknet_accepts():

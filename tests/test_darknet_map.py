@@ -9,14 +9,14 @@ import warnings
 import numpy as np
 import pytest
 
-from helpers import SHARED
 from yolo.checkpoint import load_weights
 from yolo.cli.test import main
-from yolo.darknet_map import (average_precision, darknet_map, darknet_nms, darknet_resize,
-                              format_darknet_report)
+from yolo.darknet_map import average_precision, darknet_map, darknet_nms, darknet_resize, format_darknet_report
 from yolo.datasets import DataWarning, drop_crowd, load_dataset, write_darknet_dataset
 from yolo.evaluate import darknet_ground_truth, evaluate
 from yolo.model import Darknet
+
+from helpers import SHARED
 
 REFERENCE = SHARED / "reference" / "darknet.md"
 

@@ -10,8 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from yolo.datasets import (COCO_IDS, DataError, DataWarning, drop_crowd, label_path_for, load_dataset, read_image,
-                           write_darknet_dataset)
+from yolo.datasets import (
+    COCO_IDS,
+    DataError,
+    DataWarning,
+    drop_crowd,
+    label_path_for,
+    load_dataset,
+    read_image,
+    write_darknet_dataset,
+)
 from yolo.loaders import EvalDataset, collate_eval
 
 

@@ -8,13 +8,14 @@ import sys
 
 import torch
 
-from helpers import FIXTURES, ROOT, TRAIN_TINY as TINY
+from helpers import FIXTURES, ROOT
+from helpers import TRAIN_TINY as TINY
 
 sys.path.insert(0, str(FIXTURES))
-from train_synth import make_dataset  # noqa: E402
-
 from yolo.checkpoint import load_checkpoint, load_weights  # noqa: E402
 from yolo.model import Darknet  # noqa: E402
+
+from train_synth import make_dataset  # noqa: E402
 
 
 def test_torchrun_two_processes_on_cpu(tmp_path):

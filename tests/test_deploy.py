@@ -10,13 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import randomize
 from yolo import Darknet
 from yolo.blocks.acnet import ACConv
-from yolo.blocks.layers import ACUnit
 from yolo.blocks.conv import Convolutional
+from yolo.blocks.layers import ACUnit
 from yolo.cfg import parse_cfg, parse_cfg_text
-from yolo.deploy import edit_cfg_text, main as deploy_main
+from yolo.deploy import edit_cfg_text
+from yolo.deploy import main as deploy_main
+
+from helpers import randomize
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -17,8 +17,8 @@ from yolo.boxes import box_iou
 from yolo.cli.detect import main
 from yolo.detector import DetectError
 from yolo.outputs import detect_source
-from yolo.sources import has_gui, resolve_source
 from yolo.plots import PALETTE, class_colour, draw_detections, text_colour
+from yolo.sources import has_gui, resolve_source
 
 # Darknet (AlexeyAB, CPU) `detector test` on dog.jpg with yolo-fastest-1.1: ../shared/README.md
 DARKNET_DOG = {  # class id: (score, left, top, width, height)

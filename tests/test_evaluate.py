@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 import warnings
-from types import SimpleNamespace
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import ROOT, build, randomize
 from yolo import Darknet
 from yolo.backends import BackendError, load_backend
 from yolo.backends.pytorch import TorchBackend
 from yolo.export import ExportError, export_onnx, quantize_int8
+
+from helpers import ROOT, build, randomize
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")

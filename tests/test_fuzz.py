@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import FIXTURES, ROOT, randomize
 from yolo import ConfigError, Darknet, WeightsError
+
+from helpers import FIXTURES, ROOT, randomize
 
 CFGS = sorted((ROOT / "cfg").glob("*.cfg")) + [FIXTURES / "tiny.cfg", FIXTURES / "train_tiny.cfg"]
 BIG = 20_000_000  # parameters: such cfgs take ~1 s to build, so they get fewer cases

@@ -5,8 +5,20 @@ import dataclasses
 
 import pytest
 
-from yolo.hyp import (Hyp, HypError, Overrides, format_settings, lr_at, multiscale_range, multiscale_size,
-                      parse_floats, parse_ints, plan_run, resolve_hyp, shrink_schedule)
+from yolo.hyp import (
+    Hyp,
+    HypError,
+    Overrides,
+    format_settings,
+    lr_at,
+    multiscale_range,
+    multiscale_size,
+    parse_floats,
+    parse_ints,
+    plan_run,
+    resolve_hyp,
+    shrink_schedule,
+)
 from yolo.netconfig import NetConfig
 
 

@@ -7,9 +7,10 @@ import warnings
 import pytest
 import torch
 
-from helpers import ROOT, build
 from yolo import Darknet
 from yolo.info import layer_table, main, total_bflops, weights_file_bytes
+
+from helpers import ROOT, build
 
 
 def _model(path):

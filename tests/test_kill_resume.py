@@ -13,10 +13,10 @@ import pytest
 from helpers import FIXTURES, ROOT
 
 sys.path.insert(0, str(FIXTURES))
-from train_synth import make_dataset  # noqa: E402
-
 from yolo.checkpoint import load_checkpoint  # noqa: E402
 from yolo.cli import train as train_cli  # noqa: E402
+
+from train_synth import make_dataset  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
 

@@ -6,9 +6,10 @@ import math
 import pytest
 import torch
 
-from helpers import TRAIN_TINY as TINY
 from yolo.loss import YOLOLoss, bbox_iou_kind, wh_iou
 from yolo.model import Darknet
+
+from helpers import TRAIN_TINY as TINY
 
 SIZE = 128
 

@@ -1,15 +1,14 @@
 """Darknet forward semantics: output contract, decoding formulas, routing, fusion, fast path."""
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import TINY
 from yolo import Darknet
 from yolo.blocks.routing import MaxPool
 
+from helpers import TINY
 
 
 def tiny(seed: int = 0) -> Darknet:

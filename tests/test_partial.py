@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import ROOT, randomize
 from yolo import Darknet
 from yolo.cli.common import UserError
 from yolo.partial import main, partial
+
+from helpers import ROOT, randomize
 
 CFG = ROOT / "cfg" / "yolov3-tiny.cfg"
 

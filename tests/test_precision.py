@@ -9,9 +9,8 @@ import warnings
 import pytest
 import torch
 
-from helpers import ROOT, build, randomize
-
-from yolo.backends import BackendError, load_backend, pytorch as torch_backend
+from yolo.backends import BackendError, load_backend
+from yolo.backends import pytorch as torch_backend
 from yolo.backends.pytorch import TorchBackend, cpu_bf16_problem
 from yolo.blocks.yolo_layer import YOLOLayer
 from yolo.cfg import ConfigError
@@ -22,6 +21,8 @@ from yolo.datasets import load_dataset
 from yolo.evaluate import evaluate
 from yolo.model import Darknet
 from yolo.trainer import TrainSetupError, amp_dtype
+
+from helpers import ROOT, build, randomize
 
 needs_bf16 = pytest.mark.skipif(cpu_bf16_problem() is not None,
                                 reason=f"no native bf16 on this CPU: {cpu_bf16_problem()}")

@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import ROOT, build, randomize
-
-from yolo import Darknet
-from yolo import prune
+from yolo import Darknet, prune
 from yolo.checkpoint import save_checkpoint
 from yolo.prune import PruneError, SparsityPenalty, prune_model, sparsity_at, trace
 from yolo.pruning import graph as graph_mod
 from yolo.pruning.graph import ConvOp, group_table
+
+from helpers import ROOT, build, randomize
 
 CFGS = sorted(p.stem for p in (ROOT / "cfg").glob("*.cfg"))
 # small inputs: a side the deepest stride divides; SCNet's pooling_r=4 needs a 4-cell map at stride 32
@@ -309,8 +308,9 @@ def test_graph_search_finds_the_cheapest_repair():
 def test_train_with_sparsity_shrinks_bn_scales_and_plots_them(tmp_path):
     import sys
 
-    from helpers import FIXTURES, TRAIN_TINY
     from yolo.cli import train as train_cli
+
+    from helpers import FIXTURES, TRAIN_TINY
 
     sys.path.insert(0, str(FIXTURES))
     from train_synth import make_dataset

@@ -7,11 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import NET, build, randomize
 from yolo import ConfigError, Darknet
 from yolo.blocks.layers import ACUnit
 from yolo.blocks.resnet import Bottleneck
 from yolo.blocks.scnet import SCBottleneck
+
+from helpers import NET, build, randomize
 
 
 def cb(x: torch.Tensor, unit, stride: int = 1, padding=0) -> torch.Tensor:

@@ -10,15 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import FIXTURES, TRAIN_TINY as TINY
+from helpers import FIXTURES
+from helpers import TRAIN_TINY as TINY
 
 sys.path.insert(0, str(FIXTURES))
-from train_synth import make_dataset  # noqa: E402
-
 from yolo import checkpoint, trainer  # noqa: E402
 from yolo.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint  # noqa: E402
 from yolo.cli import train as train_cli  # noqa: E402
 from yolo.model import Darknet  # noqa: E402
+
+from train_synth import make_dataset  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -15,16 +15,30 @@ from torch import nn
 from helpers import FIXTURES, TRAIN_TINY
 
 sys.path.insert(0, str(FIXTURES))
-from train_synth import make_dataset  # noqa: E402
-
-from yolo.checkpoint import (CheckpointError, checkpoint_hyp, load_checkpoint, load_training_checkpoint,  # noqa: E402
-                             load_weights, save_checkpoint)
+from yolo.checkpoint import (  # noqa: E402
+    CheckpointError,
+    checkpoint_hyp,
+    load_checkpoint,
+    load_training_checkpoint,
+    load_weights,
+    save_checkpoint,
+)
 from yolo.cli import train as train_cli  # noqa: E402
 from yolo.ema import ModelEMA  # noqa: E402
 from yolo.hyp import Hyp  # noqa: E402
 from yolo.model import Darknet  # noqa: E402
-from yolo.trainer import (TrainSetupError, append_results, build_optimizer, freeze, init_head_biases,  # noqa: E402
-                          read_results, resume_options, set_train_mode)
+from yolo.trainer import (  # noqa: E402
+    TrainSetupError,
+    append_results,
+    build_optimizer,
+    freeze,
+    init_head_biases,
+    read_results,
+    resume_options,
+    set_train_mode,
+)
+
+from train_synth import make_dataset  # noqa: E402
 
 MICRO = FIXTURES / "train_micro.cfg"
 OLD = FIXTURES / "old_checkpoint"

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import TINY, randomize
 from yolo import Darknet, WeightsError
 from yolo.cfg import CFG_DIR
+
+from helpers import TINY, randomize
+
 
 def randomised(cfg: str | Path, seed: int = 0) -> Darknet:
     """A model with random weights and non-default BatchNorm statistics."""

@@ -1,7 +1,7 @@
 """Darknet-cfg YOLOv3 family in PyTorch."""
 from .cfg import ConfigError, parse_cfg
-from .model import Darknet
 from .detector import DetectError, Detector
+from .model import Darknet
 from .weights import WeightsError
 
 __all__ = ["ConfigError", "Darknet", "DetectError", "Detector", "WeightsError", "parse_cfg"]

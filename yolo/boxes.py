@@ -164,7 +164,8 @@ def postprocess(pred: torch.Tensor, conf_thres: float = 0.25, nms_thres: float =
     if img_i.numel() == 0:
         return [empty.copy() for _ in range(b)]
     xywh = pred[img_i, box_i, :4]
-    cand = torch.cat((box_convert(xywh, "cxcywh", "xyxy"), scores[img_i, box_i, cls_i, None], cls_i[:, None].float()), 1)
+    cand = torch.cat((box_convert(xywh, "cxcywh", "xyxy"), scores[img_i, box_i, cls_i, None],
+                      cls_i[:, None].float()), 1)
     cand = cand.cpu().numpy()
     rects = xywh.cpu().numpy().astype(np.float64)
     rects[:, :2] -= rects[:, 2:] / 2  # x, y, w, h as OpenCV's Rect2d

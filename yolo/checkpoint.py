@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .cfg import resolve_path, REPO_ROOT
+from .cfg import REPO_ROOT, resolve_path
 from .distributed import unwrap
 from .ema import ModelEMA
 from .hyp import Hyp, HypError, lr_at

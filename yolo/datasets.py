@@ -269,7 +269,8 @@ def load_coco(ann_file: str | Path, images: str | Path | None = None) -> Dataset
                 {"box": (x, y, w, h), "cls": cls, "crowd": bool(a.get("iscrowd", 0)),
                  "area": float(a.get("area", w * h)), "id": a.get("id", n)})
         except (KeyError, TypeError, ValueError, AttributeError) as e:
-            problems.add("bad annotation", f"{ann_file}: annotation #{n} (id {a.get('id', '?') if isinstance(a, dict) else '?'}): "
+            ann_id = a.get('id', '?') if isinstance(a, dict) else '?'
+            problems.add("bad annotation", f"{ann_file}: annotation #{n} (id {ann_id}): "
                                            f"unusable ({type(e).__name__}: {e}); skipped")
     records: list[ImageRecord] = []
     for img in data["images"]:

@@ -14,9 +14,9 @@ import cv2
 import numpy as np
 import torch
 
+from .backends import BackendError, load_backend
 from .boxes import Geometry, fit_image, postprocess, to_tensor
 from .cfg import REPO_ROOT, resolve_path
-from .backends import BackendError, load_backend
 from .io import read_names
 
 DATA_DIR = REPO_ROOT / "data"

@@ -31,10 +31,10 @@ from .backends import Backend, ModelInfo
 from .backends.pytorch import TorchBackend
 from .boxes import Geometry, box_convert, denormalize_boxes, postprocess
 from .darknet_map import POINTS, darknet_letterbox_placement, darknet_map, darknet_nms, darknet_resize
-from .plots import plot_pr_curves
-from .datasets import DataWarning, DatasetInfo, ImageRecord, Problems
+from .datasets import DatasetInfo, DataWarning, ImageRecord, Problems
 from .io import atomic_write, imread
 from .loaders import EvalDataset, collate_eval, worker_init
+from .plots import plot_pr_curves
 
 STAT_NAMES = [
     "AP@[.5:.95] all", "AP@.5 all", "AP@.75 all", "AP@[.5:.95] small", "AP@[.5:.95] medium",

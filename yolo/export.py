@@ -253,7 +253,7 @@ def export_onnx(model: torch.nn.Module, out: str | Path, img_size: int | Sequenc
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     x = torch.rand(2 if dynamic else batch, m.net.channels, *hw)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as tmp:  # atomic: a failed export leaves no file
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as tmp:  # atomic: no file if it fails
         tmp_path = Path(tmp) / out.name
         _trace(m, x, tmp_path, dynamic, opset)
         set_metadata(tmp_path, model_metadata(m, names, hw, None if dynamic else batch)
@@ -366,7 +366,8 @@ def fp32_node_names(path: Path, keep: str) -> list[str]:
 
 def quantize_int8(fp32: str | Path, out: str | Path, calib_data: str | Path,
                   calib_images: int = DEFAULT_CALIB_IMAGES, method: str = "percentile",
-                  keep_fp32: str = DEFAULT_KEEP_FP32, per_channel: bool = True, op_types: Sequence[str] | None = None) -> Path:
+                  keep_fp32: str = DEFAULT_KEEP_FP32, per_channel: bool = True,
+                  op_types: Sequence[str] | None = None) -> Path:
     """Static INT8 (QDQ) copy of our fp32 export ``fp32``, calibrated on ``calib_data`` images.
 
     ``op_types``: the ONNX op types to quantise (default: onnxruntime's QDQ list)."""

@@ -227,7 +227,8 @@ def check_plan(plan: nn.ModuleList, net: NetConfig, max_bytes: int | None) -> li
         total += need
     if total > limit:
         raise ConfigError(f"{net.section.where() if net.section else '[net]'}: the network needs {_gib(total)} "
-                          f"(parameters plus activations at {net.width}x{net.height}), more than the limit {_gib(limit)}")
+                          f"(parameters plus activations at {net.width}x{net.height}), "
+                          f"more than the limit {_gib(limit)}")
     stride = int(max(b.out_stride for b in plan))
     if stride >= 1 and (net.width % stride or net.height % stride):
         where = net.section.where("width") if net.section else "[net]"

@@ -38,8 +38,16 @@ from torch import nn
 from .cfg import ConfigError
 from .deploy import edit_cfg_text
 from .model import Darknet
-from .pruning.graph import (ChannelGraph, Decision, decide, fold_constants, group_table, keep_masks, constants,
-                            slice_units)
+from .pruning.graph import (
+    ChannelGraph,
+    Decision,
+    constants,
+    decide,
+    fold_constants,
+    group_table,
+    keep_masks,
+    slice_units,
+)
 from .pruning.sections import rule_for
 
 DEPLOYED_MARK = "# Deployed by yolo.deploy"

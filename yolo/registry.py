@@ -72,7 +72,7 @@ class Block(nn.Module):
         super().__init__()
         self.out_channels = out_channels
         self.out_stride = out_stride
-        self.in_stride = 1.0  # set by build_block: the stride of this block's (main) input  # of this block's output w.r.t. the input image (input pixels per output cell)
+        self.in_stride = 1.0  # set by build_block: input pixels per cell of this block's (main) input
         self.where = ""
 
     @classmethod

@@ -26,12 +26,34 @@ from torch import nn
 from tqdm import tqdm
 
 from .augment import AugmentConfig
-from .checkpoint import (TrainState, check_same_cfg, checkpoint_hyp, load_weights, restore_training_state,
-                         save_checkpoint, training_state)
+from .checkpoint import (
+    TrainState,
+    check_same_cfg,
+    checkpoint_hyp,
+    load_weights,
+    restore_training_state,
+    save_checkpoint,
+    training_state,
+)
 from .distributed import SkipSampler, all_reduce_mean, barrier, distributed_session, unwrap, world_size
 from .ema import ModelEMA
-from .hyp import (Hyp, Overrides, RunPlan, Setting, check_hyp, format_settings, hyp_from, lr_at, multiscale_range,
-                  multiscale_size, parse_floats, parse_ints, pick, plan_run, resolve_hyp)
+from .hyp import (
+    Hyp,
+    Overrides,
+    RunPlan,
+    Setting,
+    check_hyp,
+    format_settings,
+    hyp_from,
+    lr_at,
+    multiscale_range,
+    multiscale_size,
+    parse_floats,
+    parse_ints,
+    pick,
+    plan_run,
+    resolve_hyp,
+)
 from .loaders import TrainDataset, collate, worker_init
 from .model import Darknet
 from .prune import SparsityPenalty, sparsity_at
@@ -583,7 +605,8 @@ class Trainer:
         if self.sparsity is not None:
             from .plots import plot_bn_scales
             self.bn_scales = [*getattr(self, "bn_scales", []), self.sparsity.scales().numpy()]
-            plot_bn_scales(self.bn_scales, self.out / "bn_scales.png", first_epoch=state.epoch + 2 - len(self.bn_scales))
+            plot_bn_scales(self.bn_scales, self.out / "bn_scales.png",
+                           first_epoch=state.epoch + 2 - len(self.bn_scales))
         scored = (f"mAP@.5 {metrics['map50']:.4f} mAP {metrics['map']:.4f}" if metrics["map50"] == metrics["map50"]
                   else "not evaluated (--eval-interval)")
         self.say(f"epoch {state.epoch + 1}/{self.plan.epochs}: loss {logs['total']:.3f} (box {logs['box']:.3f} "

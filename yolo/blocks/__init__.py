@@ -1,3 +1,2 @@
 """Block families; importing this package registers every section type."""
-from . import conv, res2net, routing, yolo_layer  # noqa: F401
-from . import acnet, resnet, scnet  # noqa: F401  (ACNet, [bottleneck], [scbottleneck])
+from . import acnet, conv, res2net, resnet, routing, scnet, yolo_layer  # noqa: F401  # noqa: F401  (ACNet, [bottleneck], [scbottleneck])

@@ -11,6 +11,7 @@ from ..cfg import Section
 from ..registry import Block, BuildContext, WeightUnit, register
 from .layers import ConvBN, conv_out_hw, make_activation
 
+
 @dataclass
 class ConvSpec:
     """The keys of a [convolutional] section, typed and checked once (plain and ACNet alike)."""

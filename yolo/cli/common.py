@@ -16,8 +16,8 @@ from typing import Callable, NoReturn, Sequence
 
 import torch
 
-from ..cfg import REPO_ROOT, ConfigError
 from ..backends import BACKENDS, PRECISIONS, BackendError
+from ..cfg import REPO_ROOT, ConfigError
 from ..checkpoint import CheckpointError
 from ..io import InputFileError
 from ..weights import WeightsError
@@ -29,7 +29,8 @@ class UserError(Exception):
 
 #: Exceptions that describe the user's input rather than a bug; extended by tools that need more.
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    UserError, ConfigError, WeightsError, CheckpointError, InputFileError, BackendError, FileNotFoundError, PermissionError,
+    UserError, ConfigError, WeightsError, CheckpointError, InputFileError, BackendError,
+    FileNotFoundError, PermissionError,
     IsADirectoryError, NotADirectoryError, FileExistsError,
 )
 

@@ -14,7 +14,7 @@ from ..cfg import REPO_ROOT
 from ..detector import DetectError, Detector
 from ..outputs import Summary, detect_source
 from ..sources import resolve_source
-from .common import ArgumentParser, add_model_args, engine_args, UserError, increment_dir, parse_device, user_errors
+from .common import ArgumentParser, UserError, add_model_args, engine_args, increment_dir, parse_device, user_errors
 
 DEFAULT_SOURCE = REPO_ROOT / "data" / "samples"
 

@@ -16,8 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from .common import ArgumentParser, add_model_args, engine_args, UserError, parse_device, user_errors
-
+from .common import ArgumentParser, UserError, add_model_args, engine_args, parse_device, user_errors
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -107,8 +106,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 @user_errors()
 def main(argv: Sequence[str] | None = None) -> int:
-    from ..datasets import DataError
     from ..darknet_map import format_darknet_report
+    from ..datasets import DataError
     from ..evaluate import EvalError, format_report, format_speed
 
     args = get_args_parser().parse_args(argv)
