@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from yolo import Darknet  # noqa: E402
+from yolo.machine import machine_line  # noqa: E402
 
 THREADS = 2
 
@@ -65,8 +66,8 @@ def main(argv: list[str] | None = None) -> None:
                     times[name].append((time.perf_counter() - t0) * 1e3)
 
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"batch 1, {args.size}x{args.size}, {THREADS} threads, {args.repeat} interleaved rounds, "
-          f"torch {torch.__version__}")
+    print(machine_line(THREADS))
+    print(f"batch 1, {args.size}x{args.size}, {args.repeat} interleaved rounds")
     for name, ms in med.items():
         print(f"  {name:22s} {ms:8.2f} ms  (min {min(times[name]):.2f})")
     print(f"  deployed has exactly plain yolov3-tiny's convolutions (shapes, strides, padding, bias): {same}")

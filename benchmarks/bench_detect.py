@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from yolo import Detector  # noqa: E402
 from yolo.cli.detect import get_args_parser, run  # noqa: E402
+from yolo.machine import machine_line  # noqa: E402
 
 CFG = ROOT / "cfg" / "yolo-fastest-1.1.cfg"
 WEIGHTS = ROOT / "weights" / "yolo-fastest-1.1.weights"
@@ -113,8 +114,8 @@ def main() -> None:
             rows.append((f"detect.py on {n_big} images, --workers {workers}, incl. model load", secs, n_big))
 
     ref = rows[0][2] / rows[0][1]
-    print(f"torch {torch.__version__}, OpenCV {cv2.__version__}, {args.threads} threads, "
-          f"input 320x320, median of {args.repeats}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '-')}, "
+    print(machine_line(args.threads))
+    print(f"input 320x320, median of {args.repeats}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '-')}, "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"{'':64s} {'img/s':>8s} {'vs OpenCV fwd':>14s}")
     for name, secs, count in rows:

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from yolo import Darknet  # noqa: E402
+from yolo.machine import machine_line  # noqa: E402
 
 THREADS = 2
 
@@ -128,7 +129,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
     cv2.setNumThreads(THREADS)
-    print(f"torch {torch.__version__}, opencv {cv2.__version__}, {THREADS} threads, batch 1")
+    print(machine_line(THREADS))
+    print(f"batch 1; load average {load_average()} at start")
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

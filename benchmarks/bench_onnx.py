@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from yolo import Darknet  # noqa: E402
 from yolo.backends import load_backend  # noqa: E402
 from yolo.export import export_onnx, quantize_int8  # noqa: E402
+from yolo.machine import machine_line  # noqa: E402
 
 from bench_inference import THREADS, interleaved_ms, load_average, opencv_net, random_weights  # noqa: E402
 
@@ -76,8 +77,8 @@ def main() -> None:
     cv2.setNumThreads(THREADS)
     import onnxruntime
 
-    print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, opencv {cv2.__version__}, "
-          f"{THREADS} threads, batch 1; load average {load_average()} at start")
+    print(machine_line(THREADS))
+    print(f"onnxruntime {onnxruntime.get_device()}, batch 1; load average {load_average()} at start")
     rows = [("yolo-fastest-1.1", "yolo-fastest-1.1.cfg", ROOT / "weights" / "yolo-fastest-1.1.weights", 320),
             ("yolov3-tiny", "yolov3-tiny.cfg", None, 416)]
     if not args.quick:

@@ -52,6 +52,7 @@ from yolo.backends import load_backend  # noqa: E402
 from yolo.backends.pytorch import cpu_bf16_problem  # noqa: E402
 from yolo.hyp import Hyp  # noqa: E402
 from yolo.loss import YOLOLoss  # noqa: E402
+from yolo.machine import machine_line  # noqa: E402
 from yolo.model import Darknet  # noqa: E402
 from yolo.trainer import build_optimizer  # noqa: E402
 
@@ -174,9 +175,8 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     cv2.setNumThreads(a.threads)
     warnings.simplefilter("ignore")
-    print(f"torch {torch.__version__}, opencv {cv2.__version__}, {a.threads} threads, "
-          f"{torch.cpu.get_capabilities().get('cpu_name', '?') if hasattr(torch.cpu, 'get_capabilities') else ''}; "
-          f"load average {load_average()} (start)")
+    print(machine_line(a.threads))
+    print(f"load average {load_average()} (start)")
     rows = [("yolo-fastest-1.1", "yolo-fastest-1.1.cfg", ROOT / "weights" / "yolo-fastest-1.1.weights", 320, None),
             ("yolov3-tiny", "yolov3-tiny.cfg", None, 416, 0.65)]
     if not a.quick:

@@ -96,6 +96,10 @@ def main() -> int:
     if args.opencv_only:
         opencv_pipeline(args.coco128, args.conf, args.opencv_only)
         return 0
+    sys.path.insert(0, str(ROOT))
+    from yolo.machine import machine_line
+
+    print(machine_line())
     if not args.coco128.is_dir():
         sys.exit(f"coco128 not found at {args.coco128} (pass --coco128)")
     tmp = Path(tempfile.mkdtemp())

@@ -27,6 +27,7 @@ from yolo.loaders import (  # noqa: E402
     worker_init,  # noqa: E402
 )
 from yolo.loss import YOLOLoss  # noqa: E402
+from yolo.machine import machine_line  # noqa: E402
 from yolo.model import Darknet  # noqa: E402
 from yolo.trainer import build_optimizer  # noqa: E402
 
@@ -46,6 +47,7 @@ def main() -> None:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    print(machine_line(a.threads))
     warnings.simplefilter("ignore")
     data = Path(a.data)
     info = load_dataset(data / "annotations" / "instances_val2017.json", data / "val2017")

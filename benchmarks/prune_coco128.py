@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from yolo import Darknet  # noqa: E402
 from yolo.checkpoint import load_weights  # noqa: E402
 from yolo.info import layer_table, total_bflops  # noqa: E402
+from yolo.machine import machine_line  # noqa: E402
 
 from bench_inference import THREADS, interleaved_ms  # noqa: E402
 
@@ -103,6 +104,7 @@ def main() -> None:
 def report(stages: dict[str, tuple[str, str]], metrics: dict[str, dict]) -> None:
     """One row per stage: parameters, BFLOPs, fused forward ms (round-robin, and / the first stage's), mAP."""
     torch.set_num_threads(THREADS)
+    print(machine_line(THREADS))
     x = torch.rand(1, 3, 320, 320)
     first = next(iter(stages))
     size: dict[str, tuple[int, float]] = {}

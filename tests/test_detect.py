@@ -397,3 +397,33 @@ def test_video_whose_frame_size_changes_midway_keeps_every_frame(tmp_path: Path,
     assert _count_frames(summary.saved[0]) == (5, (320, 240))
     dogs = [r for r in json.loads((tmp_path / "out" / "detections.json").read_text()) if r["class_name"] == "dog"]
     assert {r["frame"] for r in dogs} == set(range(5))  # detected at either size
+
+
+def test_log_output_is_whole_lines(tmp_path: Path, root: Path) -> None:
+    """Into a log (stdout and stderr to one pipe) the progress bar stays out: it draws with carriage
+    returns that tear the per-image lines."""
+    run = subprocess.run([sys.executable, str(root / "detect.py"), "--output", str(tmp_path / "o")], cwd=tmp_path,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout
+    assert "\r" not in run.stdout
+    lines = run.stdout.splitlines()
+    for photo in (root / "data" / "samples").glob("*.jpg"):
+        assert sum(line.startswith(str(photo) + ": ") for line in lines) == 1, (photo, lines)
+
+
+def test_unreadable_checkpoint_is_one_short_line(tmp_path: Path, root: Path) -> None:
+    """torch's weights-only refusal is a paragraph; the error keeps what the file is not and the first
+    line of the cause."""
+    import argparse
+
+    import torch
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"model": {}, "args": argparse.Namespace(a=1)}, foreign)  # a class weights_only refuses
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a zip or a pickle" * 10)
+    for path in (foreign, garbage):
+        bad = subprocess.run([sys.executable, str(root / "detect.py"), "--weights", str(path)], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=300)
+        assert bad.returncode == 2
+        err = bad.stderr.strip().splitlines()
+        assert len(err) == 1 and f"{path}: not a readable checkpoint (" in err[0] and len(err[0]) < 300, err

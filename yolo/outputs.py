@@ -279,12 +279,14 @@ def _run(detector: Detector, reader: FrameReader, outputs: Outputs, summary: Sum
     if reader.source.kind == "webcam":
         log.warning("webcam %s: %s to stop", reader.source.target,
                     "press q in the window or Ctrl-C" if view else "press Ctrl-C")
-    bar = tqdm(total=reader.total or None, unit="img" if still else "frame", disable=not progress, leave=False)
+    # on a terminal only (disable=None): in a log the bar's carriage returns tear the per-image lines
+    bar = tqdm(total=reader.total or None, unit="img" if still else "frame", disable=None if progress else True,
+               leave=False)
     batch: list[Frame] = []
     try:
         for frame in reader:
-            bar.update(1)
             if frame.image is None:
+                bar.update(1)
                 summary.count(frame, None)
                 if still:
                     log.warning("warning: cannot read image '%s': %s; skipped", frame.file, frame.error)
@@ -305,6 +307,7 @@ def _flush(detector: Detector, batch: list[Frame], outputs: Outputs, summary: Su
     keep_going = True
     for frame, d in zip(batch, dets):
         summary.count(frame, d)
+        bar.update(1)  # counted when detected, not when read ahead
         if verbose and frame.index is None:
             bar.write(f"{frame.file}: {counts_text(d, detector.names)}")
         annotated = draw_detections(frame.image, d, detector.names, copy=False) if view else None
