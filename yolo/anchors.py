@@ -132,16 +132,14 @@ def kmeans_anchors(boxes: np.ndarray, k: int, seed: int = 0, restarts: int = 10,
 def dataset_boxes(data: str | Path, images: str | Path | None = None, size: tuple[int, int] = (416, 416),
                   split: str | None = None) -> tuple[np.ndarray, dict[str, int]]:
     """Non-crowd boxes' (w, h) scaled to ``size`` = (W, H) -> ([N, 2], counts of what was dropped)."""
-    from .datasets import DataError, load_dataset, parse_data_file
+    from .datasets import DataError, dataset_splits, load_dataset
 
     path = Path(data)
     if split is None:
-        split = "valid"
-        if path.suffix == ".data" and path.is_file():
-            try:
-                split = "train" if "train" in parse_data_file(path)[0] else "valid"
-            except DataError:
-                pass
+        try:
+            split = "train" if "train" in dataset_splits(path) else "valid"
+        except DataError:  # load_dataset below says what is wrong
+            split = "valid"
     try:
         info = load_dataset(path, images, split=split)
     except DataError as e:

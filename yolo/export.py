@@ -271,19 +271,21 @@ def export_onnx(model: torch.nn.Module, out: str | Path, img_size: int | Sequenc
 # ---------------------------------------------------------------------------------------------
 def calibration_images(source: str | Path, limit: int = DEFAULT_CALIB_IMAGES) -> list[Path]:
     """Up to ``limit`` image paths, spread evenly over ``source``: a folder of images, a Darknet
-    ``.data`` file (its valid split), a COCO instances ``.json`` or an image list ``.txt``."""
-    from .datasets import load_dataset
-    from .io import is_image, read_image_list
+    ``.data`` file (its valid split), a COCO instances ``.json``, an image list ``.txt`` or any other
+    registered dataset format (:func:`yolo.datasets.dataset_images`)."""
+    from .datasets import DataError, dataset_images
+    from .io import is_image
 
     source = Path(source)
     if not source.exists():
         raise ExportError(f"--calib-data: '{source}' not found")
-    if source.is_dir():
+    if source.is_dir():  # every image below the folder, whatever dataset layout it holds
         paths = sorted(p for p in source.rglob("*") if p.is_file() and is_image(p))
-    elif source.suffix in (".data", ".json"):
-        paths = [r.path for r in load_dataset(source).records]
     else:
-        paths = read_image_list(source)
+        try:
+            paths = dataset_images(source)
+        except DataError as e:
+            raise ExportError(f"--calib-data: {e}") from None
     if not paths:
         raise ExportError(f"--calib-data: no images in '{source}'")
     if limit < 1:
