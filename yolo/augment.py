@@ -17,8 +17,8 @@ import cv2
 import numpy as np
 import torch
 
-from .blocks.yolo_layer import YoloSettings
 from .boxes import LETTERBOX_FILL, placement
+from .heads.yolo import YoloSettings
 from .netconfig import NetConfig
 
 MIN_BOX_PX = 2.0
@@ -26,8 +26,9 @@ MIN_BOX_PX = 2.0
 
 @dataclass
 class AugmentConfig:
-    """The augmentation knobs, from [net] and [yolo] (``jitter``), overridable on the command line.
-    Defaults are Darknet's, taken from the classes that read those sections (never restated)."""
+    """The augmentation knobs, from [net] and the heads (``jitter``: ``Head.jitter``), overridable on
+    the command line. Defaults are Darknet's, taken from the classes that read those sections (never
+    restated; a model's heads give its jitter, [yolo]'s default is the one without a model)."""
 
     jitter: float = YoloSettings.jitter
     hue: float = NetConfig.hue
@@ -41,7 +42,7 @@ class AugmentConfig:
     @classmethod
     def from_model(cls, model: torch.nn.Module) -> "AugmentConfig":
         net = model.net
-        jitter = max((layer.settings.jitter for layer in model.yolo_layers), default=0.0)
+        jitter = max((head.jitter for head in model.heads), default=0.0)
         return cls(jitter=jitter, hue=net.hue, saturation=net.saturation, exposure=net.exposure,
                    angle=net.angle, flip=net.flip, mosaic=net.mosaic, letter_box=net.letter_box)
 

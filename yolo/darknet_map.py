@@ -101,7 +101,7 @@ def darknet_letterbox_placement(src_wh: tuple[int, int], dst_wh: tuple[int, int]
     return nw, nh, (w - nw) / 2.0, (h - nh) / 2.0
 
 
-def _pairwise(a: np.ndarray, b: np.ndarray, kind: str, beta_nms: float) -> np.ndarray:
+def _pairwise(a: np.ndarray, b: np.ndarray, kind: str, beta_nms: float | None) -> np.ndarray:
     """Darknet's overlap of box ``a`` (4,) with boxes ``b`` (M, 4), all cx, cy, w, h (relative):
     IoU, or for ``greedynms`` IoU - (d^2/c^2)^0.6 (``box_diou``) and for ``diounms``
     IoU - (d^2/c^2)^beta_nms (``box_diounms``); d = centre distance, c = enclosing diagonal."""
@@ -124,7 +124,7 @@ def _pairwise(a: np.ndarray, b: np.ndarray, kind: str, beta_nms: float) -> np.nd
 
 
 def darknet_nms(pred: np.ndarray, conf_thres: float = 0.005, nms_thres: float = 0.45,
-                nms_kind: str = "default", beta_nms: float = 0.6,
+                nms_kind: str = "default", beta_nms: float | None = None,
                 input_wh: tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
     """One image's decoded network output ``(N, 5 + C)`` (cx, cy, w, h in input pixels,
     objectness, class probabilities) -> its detections ``(K, 6)`` x1, y1, x2, y2, score, class
@@ -134,12 +134,15 @@ def darknet_nms(pred: np.ndarray, conf_thres: float = 0.005, nms_thres: float = 
     objectness x probability, zeroed where <= ``conf_thres``. Then, class by class, the boxes
     are sorted by that class's score and each box still scoring suppresses, in that class only,
     every later box whose overlap > ``nms_thres``: IoU for ``nms_kind`` "default" (and anything
-    Darknet does not know), DIoU for "greedynms" (exponent 0.6) and "diounms" (``beta_nms``),
+    Darknet does not know), DIoU for "greedynms" (exponent 0.6) and "diounms" (``beta_nms``, the
+    head's setting, so it has no default here: ``Head.nms_settings()`` gives both keyword arguments),
     measured in coordinates relative to the input (``input_wh``), as Darknet's are. The boxes
     are left in the order of the last sort; since each sort is stable that is the order of
     (score of class C-1, ..., score of class 0), highest first; each box yields one detection
     per class still scoring, in class order.
     """
+    if nms_kind == "diounms" and beta_nms is None:
+        raise ValueError("nms_kind=diounms needs beta_nms (the head's setting, e.g. [yolo] beta_nms)")
     pred = np.asarray(pred, np.float32)
     num_classes = pred.shape[1] - 5
     pred = pred[pred[:, 4] > conf_thres]

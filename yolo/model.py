@@ -11,7 +11,8 @@ from torch import nn
 from . import blocks  # noqa: F401  (registers every section type)
 from . import weights as weights_io
 from .cfg import ConfigError, Section, parse_cfg_text, read_cfg_text, resolve_cfg
-from .deploy import edit_cfg_text
+from .cfg_edit import edit_cfg_text
+from .heads import Head  # importing the package registers every head section type
 from .netconfig import NetConfig
 from .registry import Block, BuildContext, build_block, infer_shapes
 
@@ -43,8 +44,8 @@ class Darknet(nn.Module):
             for section in sections:
                 section.warn_unused()
         self.module_list = module_list
-        self.yolo_layers = [m for m in module_list if m.is_output]
-        if not self.yolo_layers:
+        self.heads: list[Head] = [m for m in module_list if isinstance(m, Head)]
+        if not self.heads:
             warnings.warn(f"{self.cfg_path}: no [yolo] section; the model is a backbone only")
         needed = {i for m in module_list for i in m.inputs}
         self._keep = [i in needed for i in range(len(module_list))]
@@ -71,12 +72,17 @@ class Darknet(nn.Module):
 
     # --- properties -----------------------------------------------------------------
     @property
+    def yolo_layers(self) -> list[Head]:
+        """The detection heads (``heads``), under their older name."""
+        return self.heads
+
+    @property
     def num_classes(self) -> int:
-        return self.yolo_layers[0].num_classes if self.yolo_layers else 0
+        return self.heads[0].num_classes if self.heads else 0
 
     @property
     def strides(self) -> list[float]:
-        return [m.out_stride for m in self.yolo_layers]
+        return [m.out_stride for m in self.heads]
 
     @property
     def max_stride(self) -> int:
