@@ -54,8 +54,8 @@ class ExportError(ValueError):
 def _inference_copy(model: torch.nn.Module) -> torch.nn.Module:
     """A fused, eval-mode, NCHW, CPU copy of ``model`` (the caller's model is left as it is)."""
     m = copy.deepcopy(model).cpu().eval()
-    for layer in m.yolo_layers:  # a grid cached at one size would enter the trace as a constant
-        layer._grids = {}  # noqa: SLF001
+    for head in m.heads:  # a grid cached at one size would enter the trace as a constant
+        head.clear_cache()
     if not m.fused:
         m.fuse(channels_last=False)
     return m.to(memory_format=torch.contiguous_format)
@@ -166,7 +166,7 @@ def _trace(model: torch.nn.Module, x: torch.Tensor, path: Path, dynamic: bool, o
 def model_metadata(model: torch.nn.Module, names: Sequence[str], hw: tuple[int, int], batch: int | None,
                    precision: str = "fp32") -> dict[str, str]:
     """The ``metadata_props`` of an export (all strings; lists as JSON)."""
-    head = model.yolo_layers[-1].settings if model.yolo_layers else None
+    nms = model.heads[-1].nms_settings() if model.heads else {}  # what the last head asks of the NMS
     return {
         "yolo.format": METADATA_VERSION,
         "producer": "yolo.export",
@@ -177,8 +177,7 @@ def model_metadata(model: torch.nn.Module, names: Sequence[str], hw: tuple[int, 
         "letter_box": str(int(bool(model.net.letter_box))),
         "strides": json.dumps([float(s) for s in model.strides]),
         "max_stride": str(model.max_stride),
-        "nms_kind": head.nms_kind if head else "default",
-        "beta_nms": str(head.beta_nms if head else 0.6),
+        **{k: str(v) for k, v in nms.items()},
         "batch": "dynamic" if batch is None else str(batch),
         "dynamic_size": "0",
         "precision": precision,
@@ -237,7 +236,7 @@ def export_onnx(model: torch.nn.Module, out: str | Path, img_size: int | Sequenc
     """
     from .detector import image_size, resolve_names
 
-    if not getattr(model, "yolo_layers", None):
+    if not getattr(model, "heads", None):
         raise ExportError(f"{getattr(model, 'cfg_path', 'model')}: no [yolo] section; only detectors export")
     if opset < 11:
         raise ExportError(f"opset {opset}: needs 11 or later (Resize, dynamic Range); default {OPSET}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
-import math
 import os
 import shutil
 import sys
@@ -195,22 +194,18 @@ def build_optimizer(model: nn.Module, hyp: Hyp) -> torch.optim.SGD:
 
 @torch.no_grad()
 def init_head_biases(model: Darknet, objects_per_image: float = 8.0) -> None:
-    """Start a from-scratch head from priors (as mmdetection does): objectness ~ a few objects per
-    image spread over every cell and anchor, classes ~ uniform. Without it the first steps are spent
+    """Start each from-scratch head from its priors (``Head.init_bias``, set on the convolution feeding
+    it; [yolo], as mmdetection does: objectness ~ a few objects per image spread over every cell and
+    anchor, classes ~ uniform). Without it the first steps are spent
     pushing thousands of 0.5 objectness outputs down, which can wreck the young features."""
     blocks = list(model.module_list)
     for i, block in enumerate(blocks):
-        if not block.is_output:
+        if block not in model.heads:
             continue
         conv = next((c for b in reversed(blocks[:i]) for c in reversed(list(b.modules()))
                      if isinstance(c, nn.Conv2d)), None)
-        if conv is None or conv.bias is None or conv.out_channels != block.num_anchors * block.num_attrib:
-            continue
-        stride = model.strides[model.yolo_layers.index(block)]
-        cells = (model.net.width / stride) * (model.net.height / stride)
-        b = conv.bias.view(block.num_anchors, block.num_attrib)
-        b[:, 4] = math.log(objects_per_image / (cells * len(model.yolo_layers) * block.num_anchors))
-        b[:, 5:] = math.log(1.0 / max(block.num_classes - 0.99, 1.0))
+        if conv is not None and conv.bias is not None:  # the head sets its priors (Head.init_bias)
+            block.init_bias(conv.bias, model.input_size, len(model.heads), objects_per_image)
 
 
 def freeze(model: Darknet, n: int) -> list[str]:
@@ -306,9 +301,10 @@ class Trainer:
                                                         if self.opts.cutoff else ""))
         else:
             init_head_biases(model)
-        for layer in model.yolo_layers:
-            if layer.new_coords:
-                raise TrainSetupError(f"{layer.where}: new_coords=1 is not supported by the trainer")
+        for head in model.heads:
+            problem = head.training_problem()
+            if problem:
+                raise TrainSetupError(f"{head.where}: {problem}")
         check_hyp(Hyp.from_net(model.net), str(model.cfg_path))
         return model
 
@@ -369,11 +365,12 @@ class Trainer:
         for k, s in src.items():
             setattr(aug, k, s.value)
         augment = o.augment is not False
-        random = any(layer.settings.random for layer in model.yolo_layers)
+        random = any(head.multiscale for head in model.heads)
         multiscale = bool((o.multiscale if o.multiscale is not None else random) and augment)
         ms_range = multiscale_range(self.img_size, model.max_stride) if multiscale else None
         amp = amp_dtype(self.device, o.amp)
-        y = model.yolo_layers[0].settings
+        first_of_type = {type(head): head for head in reversed(model.heads)}  # the first head of each type
+        head_rows = [row for head in reversed(first_of_type.values()) if (row := head.settings_row())]
         rows = [("augmentation", "on" if augment else "off", "--no-augment" if not augment else "default"),
                 *[(k, s.value, s.source) for k, s in src.items()],
                 ("letter_box", aug.letter_box, "cfg"),
@@ -381,9 +378,7 @@ class Trainer:
                  "--multiscale" if o.multiscale is not None else "cfg [yolo] random"),
                 ("amp", str(amp).replace("torch.", "") if amp else False, "--amp" if o.amp is not None else "default"),
                 ("device", f"{self.device}" + (f" x {self.world} (DDP)" if self.world > 1 else ""), ""),
-                ("yolo", f"iou_loss={y.iou_loss} iou_norm={y.iou_normalizer} cls_norm={y.cls_normalizer} "
-                         f"ignore={y.ignore_thresh} truth={y.truth_thresh} iou_thresh={y.iou_thresh} "
-                         f"scale_x_y={model.yolo_layers[0].scale_x_y}", "cfg [yolo]")]
+                *head_rows]
         return aug, augment, ms_range, amp, rows
 
     def _prepare_output(self, resumed: bool) -> Path:

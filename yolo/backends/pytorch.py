@@ -31,8 +31,8 @@ import torch
 from torch import nn
 
 from ..blocks.layers import ACUnit, ConvBN
-from ..blocks.yolo_layer import YOLOLayer
 from ..checkpoint import load_weights
+from ..heads import Head
 from ..model import Darknet
 from . import Backend, BackendError, ModelInfo
 
@@ -243,7 +243,7 @@ def reduce_precision(model: Darknet, precision: str, device: torch.device) -> Da
     if dtype == torch.float32:
         return model.eval()
     for block in model.module_list:
-        if not isinstance(block, YOLOLayer):  # anchors and decoding stay float32
+        if not isinstance(block, Head):  # anchors and decoding stay float32
             block.to(dtype)
     if device.type == "cpu":
         _fuse_activations(model)
