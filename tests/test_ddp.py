@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from helpers import FIXTURES, ROOT
@@ -18,6 +19,7 @@ from yolo.model import Darknet  # noqa: E402
 from train_synth import make_dataset  # noqa: E402
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_on_cpu(tmp_path):
     data = make_dataset(tmp_path / "shapes", n_train=16, n_valid=8, size=128)
     out = tmp_path / "run"

@@ -156,6 +156,7 @@ def test_metadata_alone_gives_the_model_info(fastest_onnx: Path, fastest_cfg: Pa
         engine(torch.rand(1, 3, 256, 256))
 
 
+@pytest.mark.slow
 def test_map_on_coco128_equals_the_torch_engine(fastest_onnx: Path, coco128: Path, fastest_weights: Path,
                                                  tmp_path: Path) -> None:
     from yolo.cli.test import main
@@ -230,7 +231,7 @@ def test_int8_file_runs_and_says_so(tmp_path: Path, samples_dir: Path) -> None:
 
 
 def test_cli_writes_fp32_and_int8(tmp_path: Path, samples_dir: Path, capsys: pytest.CaptureFixture) -> None:
-    from yolo.export import main
+    from yolo.cli.export import main
 
     cfg = slim_cfg(ROOT / "cfg" / "yolov4-tiny.cfg", tmp_path)
     weights = tmp_path / "w.weights"

@@ -99,6 +99,7 @@ def run_cfg(path: Path) -> str:
         return "clear error"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cfg", CFGS, ids=lambda p: p.name)
 def test_damaged_cfgs_build_or_fail_clearly(cfg, tmp_path):
     text = cfg.read_text()
@@ -135,6 +136,7 @@ def test_absurd_sizes_are_refused_before_allocation(tmp_path):
         assert str(path) in str(e.value) and where in str(e.value)
 
 
+@pytest.mark.slow
 def test_damaged_weights_load_or_fail_clearly(tmp_path):
     cfg = ROOT / "cfg" / "yolov3-tiny.cfg"
     torch.manual_seed(0)

@@ -25,6 +25,7 @@ def _rows(csv: Path) -> list[str]:
     return csv.read_text().splitlines()[1:] if csv.exists() else []
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume(tmp_path):
     data = make_dataset(tmp_path / "shapes", n_train=1536, n_valid=16, size=64)  # ~3 s epochs: room to land mid-epoch
     out = tmp_path / "run"

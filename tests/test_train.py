@@ -33,6 +33,7 @@ def run(*args: str) -> int:
         return train_cli.main([*map(str, args), "--no-progress", "--workers", "0"])
 
 
+@pytest.mark.slow
 def test_learns_from_scratch(synth, tmp_path):
     out = tmp_path / "run"
     assert run("--cfg", TINY, "--data", synth, "--epochs", 20, "--batch", 8, "--output", out,
@@ -156,6 +157,7 @@ def coco_small(coco128, tmp_path_factory) -> Path:
         return write_darknet_dataset(small, tmp_path_factory.mktemp("coco4"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cfg", ["res2net-yolov3.cfg", "res2net-triangle-yolov3.cfg"])
 def test_res2net_cfgs_train_end_to_end(cfg, coco_small, tmp_path, capsys):
     out = tmp_path / "run"
@@ -177,6 +179,7 @@ def test_res2net_cfgs_train_end_to_end(cfg, coco_small, tmp_path, capsys):
     assert isinstance(json.loads((tmp_path / "det" / "detections.json").read_text()), list)
 
 
+@pytest.mark.slow
 def test_finetune_pretrained_on_coco128_improves(coco128, fastest_cfg, fastest_weights, tmp_path):
     """A wrong loss or assignment pulls the pretrained model below the 0.329 mAP@.5 it starts from."""
     out = tmp_path / "ft"
