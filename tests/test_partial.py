@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from yolo import Darknet
-from yolo.cli.common import UserError
-from yolo.partial import main, partial
+from yolo.partial import PartialError, main, partial
 
 from helpers import ROOT, randomize
 
@@ -75,7 +74,7 @@ def test_partial_of_a_partial(full_weights, tmp_path):
 def test_bad_n_is_a_clear_error(full_weights, tmp_path, capsys, n, words):
     _, path = full_weights
     out = tmp_path / "x.weights"
-    with pytest.raises(UserError, match=words):
+    with pytest.raises(PartialError, match=words):
         partial(CFG, path, out, n)
     assert main([str(CFG), str(path), str(out), str(n)]) == 2
     err = capsys.readouterr().err

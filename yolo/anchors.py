@@ -1,6 +1,6 @@
 """Darknet's ``detector calc_anchors``: k-means anchors for a dataset, 1 - IoU distance.
 
-    python -m yolo.anchors --data D [--images DIR] --num 9 --img-size W [H]
+    python -m yolo.anchors --data D [--images DIR] --num 9 --img-size N | H W
                            [--cfg C --out-cfg C2] [--seed S] [--restarts R]
 
 As Darknet: every (non-crowd) ground-truth box's (w, h) is scaled to the network input
@@ -26,12 +26,13 @@ from typing import Sequence
 
 import numpy as np
 
-from .cli.common import ArgumentParser, UserError, user_errors
+from .cli.common import ArgumentParser, add_img_size_arg, parse_img_size, user_errors
+from .errors import YoloError
 
 PROGRESS_MIN_BOXES = 20000  # show a progress bar from this many boxes on
 
 
-class AnchorError(UserError):
+class AnchorError(YoloError):
     """Input that k-means cannot work on (no boxes, fewer boxes than anchors, bad sizes)."""
 
 
@@ -206,8 +207,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", help="image folder of a COCO json (default: found beside it)")
     p.add_argument("--split", help="key of a .data file to read (default: train if present, else valid)")
     p.add_argument("--num", type=int, default=9, help="number of anchors (default 9)")
-    p.add_argument("--img-size", type=int, nargs="+", metavar=("W", "H"),
-                   help="network input width [height] (default: the --cfg's [net] size)")
+    add_img_size_arg(p, "network input (default: the --cfg's [net] size)")
     p.add_argument("--cfg", help="cfg whose current anchors are compared (and copied with --out-cfg)")
     p.add_argument("--out-cfg", help="write a copy of --cfg with the new anchors in every [yolo]")
     p.add_argument("--seed", type=int, default=0, help="k-means++ seed (default 0)")
@@ -221,23 +221,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = get_args_parser().parse_args(argv)
     if args.out_cfg and not args.cfg:
-        raise UserError("--out-cfg needs --cfg (the cfg to copy)")
+        raise AnchorError("--out-cfg needs --cfg (the cfg to copy)")
     cfg_text = cfg_path = None
     if args.cfg:
         cfg_path = resolve_cfg(args.cfg)
         cfg_text = cfg_path.read_text()
-    if args.img_size:
-        if len(args.img_size) > 2:
-            raise UserError(f"--img-size takes W or W H, got {len(args.img_size)} numbers")
-        size = (args.img_size[0], args.img_size[-1])
+    hw = parse_img_size(args.img_size)
+    if hw is not None:
+        size = (hw[1], hw[0])  # (width, height), as Darknet scales the boxes
     elif cfg_text is not None:
         from .cfg import parse_cfg_text
         net = parse_cfg_text(cfg_text, str(cfg_path))[0]
         size = (net.int("width", 416), net.int("height", 416))
     else:
-        raise UserError("--img-size W [H] is needed (or --cfg, whose [net] size is used)")
+        raise AnchorError("--img-size N (or H W) is needed (or --cfg, whose [net] size is used)")
     if min(size) < 1:
-        raise UserError(f"--img-size must be positive, got {size[0]}x{size[1]}")
+        raise AnchorError(f"the [net] size must be positive, got {size[0]}x{size[1]} (w x h)")
 
     if args.out_cfg:  # fail before the work, not after it
         sections, _ = cfg_anchors(cfg_text, str(cfg_path))

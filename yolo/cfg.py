@@ -12,13 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CFG_DIR = REPO_ROOT / "cfg"
+from .assets import CFG_DIR
+from .errors import YoloError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent  # a checkout's root (data/samples); site-packages when installed
 
 _REQUIRED: Any = object()
 
 
-class ConfigError(ValueError):
+class ConfigError(YoloError):
     """A problem in a cfg file; the message names file, line, section and key."""
 
 

@@ -1,5 +1,9 @@
 """Checkpoints (``.pt``): written atomically, loaded with ``weights_only=True``.
 
+Reading weights into a model (``load_weights``, ``load_checkpoint``, ``CheckpointError``) lives
+in :mod:`yolo.weights_file`, which inference imports without the training modules; the names
+are re-exported here.
+
 A checkpoint is a plain dict of tensors and Python scalars/strings (safe for weights_only):
 ``model`` (state_dict), ``cfg_text``, ``names`` and, from training, ``ema``, ``optimizer``,
 ``scaler``, ``epoch``, ``step``, ``rng`` ... Saving the training state (``training_state``) and
@@ -17,65 +21,25 @@ from typing import Any
 import torch
 from torch import nn
 
-from .cfg import REPO_ROOT, resolve_path
 from .distributed import unwrap
 from .ema import ModelEMA
 from .hyp import Hyp, HypError, lr_at
 from .io import atomic_write
+from .weights_file import WEIGHTS_DIR, CheckpointError, first_line, load_checkpoint, load_weights
+
+__all__ = ["FORMAT", "TRAINING_KEYS", "WEIGHTS_DIR", "CheckpointError", "TrainState", "check_same_cfg",
+           "checkpoint_hyp", "first_line", "load_checkpoint", "load_training_checkpoint", "load_weights",
+           "restore_training_state", "rng_state", "save_checkpoint", "set_rng_state", "training_state"]
 
 FORMAT = 2
 #: what a checkpoint needs to continue a run (beyond ``model``)
 TRAINING_KEYS = ("optimizer", "args", "hyp", "epoch", "step")
-
-WEIGHTS_DIR = REPO_ROOT / "weights"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not fit the model."""
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """Atomic: a crash mid-write leaves the previous checkpoint intact."""
     with atomic_write(path) as f:
         torch.save(state, f)
-
-
-def first_line(e: BaseException, limit: int = 160) -> str:
-    """The first line of an exception's message, shortened: torch's weights-only refusal is a page."""
-    lines = str(e).strip().splitlines()
-    line = lines[0].strip() if lines else ""
-    return line if len(line) <= limit else line[:limit - 3] + "..."
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint not found: '{path}'") from None
-    except Exception as e:  # torch raises several types for a corrupt / foreign file
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {first_line(e)})") from None
-    if not isinstance(state, dict) or "model" not in state:
-        raise CheckpointError(f"{path}: not a checkpoint of this project (no 'model' entry)")
-    return state
-
-
-def load_weights(model: torch.nn.Module, weights: str | Path, prefer_ema: bool = True,
-                 cutoff: int | None = None) -> dict[str, Any]:
-    """Load Darknet ``.weights`` (the first ``cutoff`` sections only, for backbone files such as
-    ``darknet53.conv.74``) or our ``.pt`` into ``model``; returns the checkpoint dict ({} for .weights)."""
-    path = resolve_path(weights, WEIGHTS_DIR, "weights file")
-    if path.suffix != ".pt":
-        model.load_darknet_weights(path, cutoff)
-        return {}
-    if cutoff is not None:
-        raise CheckpointError(f"{path}: cutoff applies to Darknet .weights files, not to .pt checkpoints")
-    state = load_checkpoint(path)
-    sd = state.get("ema") if prefer_ema and state.get("ema") is not None else state["model"]
-    try:
-        model.load_state_dict(sd)
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: does not fit {model.cfg_path.name}: {str(e).splitlines()[0]}") from None
-    return state
 
 
 def check_same_cfg(state: dict[str, Any], cfg_text: str, path: str | Path, cfg_name: str) -> None:

@@ -32,6 +32,7 @@ from .backends.pytorch import TorchBackend
 from .boxes import Geometry, box_convert, denormalize_boxes, postprocess
 from .darknet_map import POINTS, darknet_letterbox_placement, darknet_map, darknet_nms, darknet_resize
 from .datasets import DatasetInfo, DataWarning, ImageRecord, Problems
+from .errors import YoloError
 from .io import atomic_write, imread
 from .loaders import EvalDataset, collate_eval, worker_init
 from .plots import plot_pr_curves
@@ -43,7 +44,7 @@ STAT_NAMES = [
 ]
 
 
-class EvalError(ValueError):
+class EvalError(YoloError):
     """A model and a dataset that cannot be evaluated together (e.g. class counts differ)."""
 
 

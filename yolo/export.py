@@ -15,7 +15,6 @@ INT8 is opt-in: fp32 stays the default export.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import re
@@ -27,8 +26,6 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
-
-from .backends import BackendError
 
 METADATA_VERSION = "1"
 INPUT_NAME, OUTPUT_NAME = "images", "predictions"
@@ -234,7 +231,7 @@ def export_onnx(model: torch.nn.Module, out: str | Path, img_size: int | Sequenc
     ``check``: compare onnxruntime with PyTorch on random input (export size; + another size and
     batch 2 when dynamic) and raise :class:`ExportError` beyond 1e-4.
     """
-    from .detector import image_size, resolve_names
+    from .detect_inputs import image_size, resolve_names
 
     if not getattr(model, "heads", None):
         raise ExportError(f"{getattr(model, 'cfg_path', 'model')}: no [yolo] section; only detectors export")
@@ -405,90 +402,7 @@ def quantize_int8(fp32: str | Path, out: str | Path, calib_data: str | Path,
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# command line
-# ---------------------------------------------------------------------------------------------
-def get_args_parser() -> argparse.ArgumentParser:
-    from .cli.common import DEFAULT_CFG, DEFAULT_WEIGHTS, ArgumentParser
+if __name__ == "__main__":  # python -m yolo.export: the command line lives in yolo.cli.export
+    from .cli.export import main
 
-    p = ArgumentParser(prog="python -m yolo.export", description=__doc__.split("\n\n")[0],
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--cfg", default=str(DEFAULT_CFG), help="Darknet cfg (path, or a name in cfg/)")
-    p.add_argument("--weights", default=str(DEFAULT_WEIGHTS), help="Darknet .weights or a .pt checkpoint")
-    p.add_argument("--out", required=True, help="the .onnx file to write")
-    p.add_argument("--img-size", type=int, nargs="+", default=None, metavar="N",
-                   help="input: one size, or height width (default: the cfg's)")
-    shape = p.add_mutually_exclusive_group()
-    shape.add_argument("--batch", type=int, default=1, help="fixed batch size")
-    shape.add_argument("--dynamic", action="store_true",
-                       help="dynamic batch, height and width (any multiple of the network stride)")
-    p.add_argument("--names", default=None, help="class names file to store (default: the checkpoint's, or "
-                   "data/coco.names for 80 classes)")
-    p.add_argument("--opset", type=int, default=OPSET, help="ONNX opset")
-    p.add_argument("--int8", action="store_true", help="also write an INT8 (QDQ) copy, <out>-int8.onnx "
-                   "(or --out itself with --int8-only)")
-    p.add_argument("--int8-only", action="store_true", help="with --int8: write only the INT8 file, at --out")
-    p.add_argument("--calib-data", default=None,
-                   help="calibration images: a folder, a .data file, a COCO .json or an image list")
-    p.add_argument("--calib-images", type=int, default=DEFAULT_CALIB_IMAGES, help="images used to calibrate")
-    p.add_argument("--calib-method", choices=CALIBRATION_METHODS, default="percentile",
-                   help="activation range calibration")
-    p.add_argument("--keep-fp32", default=DEFAULT_KEEP_FP32,
-                   help="what stays fp32, a comma list of: none, decode (the [yolo] decode), heads (decode + "
-                        "the heads' last convolutions), first (the first convolution), depthwise")
-    p.add_argument("--quantize-ops", default=None,
-                   help="comma list of ONNX op types to quantise (default: onnxruntime's QDQ list)")
-    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime vs PyTorch comparison")
-    return p
-
-
-def _int8_path(out: Path) -> Path:
-    return out.with_name(out.stem + "-int8" + out.suffix)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from .checkpoint import load_weights
-    from .cli.common import UserError, user_errors
-    from .detector import DetectError
-    from .model import Darknet
-
-    @user_errors(ExportError, DetectError)
-    def run(argv: Sequence[str] | None) -> int:
-        args = get_args_parser().parse_args(argv)
-        try:
-            import onnx  # noqa: F401
-            import onnxruntime  # noqa: F401
-        except ImportError:
-            from .backends.ort import INSTALL
-            raise BackendError(INSTALL) from None
-        if args.int8 and args.calib_data is None:
-            raise UserError("--int8 needs --calib-data (a folder of images, a .data file or a COCO .json)")
-        if args.int8_only and not args.int8:
-            raise UserError("--int8-only goes with --int8")
-        if str(args.weights).lower().endswith(".onnx"):
-            raise UserError(f"--weights {args.weights}: already ONNX; give the .weights or .pt it came from")
-        out = Path(args.out)
-        if out.suffix.lower() != ".onnx":
-            raise UserError(f"--out {out}: expected a .onnx file name")
-        model = Darknet(args.cfg)
-        state = load_weights(model, args.weights)
-        names = args.names if args.names is not None else state.get("names") or None
-        img_size = args.img_size if args.img_size is None or len(args.img_size) > 1 else args.img_size[0]
-        with tempfile.TemporaryDirectory() as tmp:
-            fp32 = Path(tmp) / "fp32.onnx" if args.int8_only else out
-            export_onnx(model, fp32, img_size, args.batch, args.dynamic, names, args.opset, check=not args.no_check)
-            if not args.int8_only:
-                print(f"fp32 model written to {out}")
-            if args.int8:
-                target = out if args.int8_only else _int8_path(out)
-                quantize_int8(fp32, target, args.calib_data, args.calib_images, args.calib_method, args.keep_fp32,
-                              op_types=args.quantize_ops.split(",") if args.quantize_ops else None)
-                print(f"int8 model written to {target} (calibrated on {args.calib_data}, {args.calib_method}; "
-                      f"fp32: {args.keep_fp32})")
-        return 0
-
-    return run(argv)
-
-
-if __name__ == "__main__":
     sys.exit(main())

@@ -1,6 +1,6 @@
 """Darknet's layer table: what Darknet prints when it loads a cfg, figure for figure.
 
-    python -m yolo.info CFG [--img-size W [H]]
+    python -m yolo.info CFG [--img-size N | H W]
 
 One row per section: index, type, filters, size/stride(dilation), input -> output
 (W x H x C) and BFLOPs, then Darknet's ``Total BFLOPS``, the parameter count and the size
@@ -33,7 +33,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .cli.common import ArgumentParser, UserError, user_errors
+from .cli.common import ArgumentParser, add_img_size_arg, parse_img_size, user_errors
+from .errors import YoloError
 
 HEADER = "   layer   type          filters  size/strd(dil)      input                  output"
 
@@ -163,14 +164,18 @@ def _run_shapes(model: nn.Module, size: tuple[int, int]):
     return records
 
 
+class InfoError(YoloError):
+    """An input size the network cannot take (not positive, or a map that vanishes)."""
+
+
 def check_size(model: nn.Module, size: tuple[int, int]) -> None:
     width, height = size
     if width < 1 or height < 1:
-        raise UserError(f"--img-size must be positive, got {width}x{height}")
+        raise InfoError(f"--img-size must be positive, got {width}x{height} (w x h)")
     try:
         model.check_input(torch.empty(1, model.net.channels, height, width, device="meta"))
     except ValueError as e:
-        raise UserError(f"--img-size {width} {height}: {e}") from None
+        raise InfoError(f"--img-size {height} {width} (h w): {e}") from None
 
 
 def layer_table(model: nn.Module, size: tuple[int, int] | int | None = None) -> list[LayerRow]:
@@ -262,17 +267,14 @@ def get_args_parser() -> argparse.ArgumentParser:
                        description="Print Darknet's layer table (shapes, BFLOPs per layer, total), "
                                    "the parameter count and the .weights size of a cfg.")
     p.add_argument("cfg", help="Darknet cfg (path, or a name in cfg/)")
-    p.add_argument("--img-size", type=int, nargs="+", metavar=("W", "H"),
-                   help="input width [height] (default: the cfg's [net] width/height)")
+    add_img_size_arg(p, "input (default: the cfg's [net] height/width)")
     return p
 
 
 def parse_size(values: Sequence[int] | None) -> tuple[int, int] | None:
-    if not values:
-        return None
-    if len(values) > 2:
-        raise UserError(f"--img-size takes W or W H, got {len(values)} numbers")
-    return (values[0], values[-1])
+    """``--img-size`` (one size, or height width, as every tool) -> (width, height) for :func:`layer_table`."""
+    hw = parse_img_size(values)
+    return None if hw is None else (hw[1], hw[0])
 
 
 @user_errors()

@@ -15,6 +15,8 @@ from typing import IO, Iterator
 import cv2
 import numpy as np
 
+from .errors import YoloError
+
 #: Every still-image format OpenCV's ``imdecode`` reads.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pbm",
                             ".pgm", ".ppm", ".pxm", ".pnm", ".sr", ".ras", ".exr", ".hdr", ".pic"})
@@ -22,7 +24,7 @@ VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mp
                             ".ts", ".asf", ".3gp", ".gif"})
 
 
-class InputFileError(ValueError):
+class InputFileError(YoloError):
     """A names, list or other input file that is missing, unreadable or empty; names the file."""
 
 

@@ -16,15 +16,20 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-from .cli.common import ArgumentParser, UserError, user_errors
+from .cli.common import ArgumentParser, user_errors
+from .errors import YoloError
+
+
+class PartialError(YoloError):
+    """A layer count N that the network does not have."""
 
 
 def check_cutoff(num_sections: int, n: int) -> None:
     """A clear error unless 1 <= n <= num_sections."""
     if n <= 0:
-        raise UserError(f"N must be a positive number of layers (1..{num_sections}), got {n}")
+        raise PartialError(f"N must be a positive number of layers (1..{num_sections}), got {n}")
     if n > num_sections:
-        raise UserError(f"N = {n} is beyond the network: the cfg has {num_sections} layers "
+        raise PartialError(f"N = {n} is beyond the network: the cfg has {num_sections} layers "
                         f"(0..{num_sections - 1}); N must be 1..{num_sections}")
 
 

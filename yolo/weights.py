@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 import torch
 
+from .errors import YoloError
 from .io import atomic_write
 
 if TYPE_CHECKING:
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 HEADER_VERSION = (0, 2, 5)
 
 
-class WeightsError(ValueError):
+class WeightsError(YoloError):
     """A ``.weights`` file that does not fit the network (names the section and counts)."""
 
 

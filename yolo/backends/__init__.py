@@ -1,80 +1,78 @@
-"""Inference engines behind ``Detector`` and ``evaluate()``: one interface, several engines.
+"""Inference engines behind ``Detector`` and ``evaluate()``: one interface, one registry.
 
 An engine takes the network input (``Tensor[B, 3, H, W]`` float32 RGB in [0, 1], on the CPU)
 and returns the eval contract (``Tensor[B, N, 5 + C]`` float32: cx, cy, w, h in input pixels,
 objectness, class probabilities). Pre-processing (resize / letterbox) and post-processing
 (thresholds, NMS, boxes mapped back) stay in one shared code path, whichever engine runs.
 
-Engines: ``torch`` (:mod:`yolo.backends.pytorch`, our Darknet model) and, where installed,
-``onnxruntime`` (:mod:`yolo.backends.ort`). Precision is the engine's business, never the
+Engines register themselves (:func:`register_engine`) and declare what they run; this module
+only lists where they live (:data:`ENGINE_MODULES`), imported when an engine is first asked
+for, so ``import yolo.backends`` stays cheap. Precision is the engine's business, never the
 caller's.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import importlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-import torch
+from .base import ENGINES, NMS_KEYS, PRECISIONS, Backend, BackendError, ModelInfo, register_engine
 
-BACKENDS = ("torch", "onnxruntime")
-PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+if TYPE_CHECKING:
+    import torch
 
-
-class BackendError(ValueError):
-    """An engine that cannot run what was asked (missing package, unsupported precision or
-    device, a model file it cannot read); the message says what would work."""
-
-
-@dataclass
-class ModelInfo:
-    """What pre- and post-processing need to know about a model, whichever engine runs it."""
-
-    num_classes: int
-    input_size: tuple[int, int]  # (height, width) the model was built for
-    letter_box: bool
-    max_stride: int
-    strides: list[float]
-    cfg_name: str
-    names: list[str] | None = None  # names the weights carry (checkpoint or .onnx metadata)
-    extra: dict[str, Any] = field(default_factory=dict)
+#: the modules that hold the engines, in the order of preference for a file suffix they share;
+#: adding an engine is its file plus one name here
+ENGINE_MODULES = ("pytorch", "ort")
 
 
-class Backend:
-    """Base of every engine: ``engine(x) -> predictions`` plus :class:`ModelInfo`."""
+def engines() -> dict[str, type[Backend]]:
+    """Every registered engine by name (their modules imported on first use)."""
+    for module in ENGINE_MODULES:
+        importlib.import_module(f"{__name__}.{module}")
+    return ENGINES
 
-    name = ""
 
-    def __init__(self, info: ModelInfo, precision: str, device: torch.device) -> None:
-        self.info = info
-        self.precision = precision
-        self.device = device
+def engine_names() -> tuple[str, ...]:
+    return tuple(engines())
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
 
-    def describe(self) -> str:
-        return f"{self.name} {self.precision} on {self.device}"
+def __getattr__(name: str) -> object:
+    if name == "BACKENDS":  # the engine names (before the registry: a fixed tuple)
+        return engine_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def engine_class(name: str) -> type[Backend]:
+    """The engine registered as ``name``; the error lists the registered ones."""
+    known = engines()
+    if name not in known:
+        raise BackendError(f"backend must be one of {', '.join(known)}, got '{name}'")
+    return known[name]
 
 
 def backend_for(weights: str | Path | None, backend: str | None) -> str:
-    """The engine a weights file asks for: ``.onnx`` -> onnxruntime, anything else -> torch."""
+    """The engine a weights file asks for: the first engine that reads its suffix (``.onnx`` ->
+    onnxruntime), else the first registered (torch); ``backend`` given: checked and returned."""
     if backend is not None:
-        if backend not in BACKENDS:
-            raise BackendError(f"backend must be one of {', '.join(BACKENDS)}, got '{backend}'")
-        return backend
-    return "onnxruntime" if weights is not None and str(weights).lower().endswith(".onnx") else "torch"
+        return engine_class(backend).name
+    known = engines()
+    if weights is not None:
+        for name, cls in known.items():
+            if cls.reads(weights):
+                return name
+    return next(iter(known))
 
 
 def load_backend(cfg: str | Path | None, weights: str | Path, backend: str | None = None,
-                 precision: str = "fp32", device: str | torch.device = "cpu",
+                 precision: str = "fp32", device: "str | torch.device" = "cpu",
                  names: list[str] | None = None) -> Backend:
     """An engine for ``cfg`` + ``weights`` (``.weights``, ``.pt`` or ``.onnx``)."""
-    kind = backend_for(weights, backend)
+    cls = engine_class(backend_for(weights, backend))
     if precision not in PRECISIONS:
         raise BackendError(f"precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
-    if kind == "torch":
-        from .pytorch import TorchBackend
-        return TorchBackend.from_files(cfg, weights, precision, torch.device(device))
-    from .ort import OrtBackend  # noqa: F401  (optional dependency; says how to install it)
-    return OrtBackend.from_files(cfg, weights, precision, torch.device(device), names)
+    return cls.from_files(cfg, weights, precision, device, names)
+
+
+__all__ = ["ENGINE_MODULES", "NMS_KEYS", "PRECISIONS", "Backend", "BackendError", "ModelInfo",
+           "backend_for", "engine_class", "engine_names", "engines", "load_backend", "register_engine"]

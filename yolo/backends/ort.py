@@ -6,13 +6,12 @@ another file) on its own: the model info comes from the file's metadata. A forei
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import Backend, BackendError, ModelInfo
+from .base import Backend, BackendError, ModelInfo, register_engine
 
 INSTALL = 'onnxruntime is not installed: pip install -e ".[onnx]" (or: pip install onnx onnxruntime)'
 QUANTISED_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger", "MatMulInteger",
@@ -20,28 +19,21 @@ QUANTISED_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteg
 
 
 def info_from_metadata(meta: dict[str, str], path: Path) -> ModelInfo:
-    try:
-        names = json.loads(meta["names"]) if meta.get("names") else None
-        return ModelInfo(num_classes=int(meta["num_classes"]), input_size=tuple(json.loads(meta["input_size"])),
-                         letter_box=meta.get("letter_box", "0") == "1", max_stride=int(meta["max_stride"]),
-                         strides=[float(s) for s in json.loads(meta["strides"])], cfg_name=meta.get("cfg_name", ""),
-                         names=names, extra={"nms_kind": meta.get("nms_kind", "default"),
-                                             "beta_nms": float(meta.get("beta_nms", 0.6))})
-    except (KeyError, ValueError, TypeError) as e:
-        raise BackendError(f"{path}: damaged yolo metadata ({type(e).__name__}: {e}); export it again") from None
+    """Kept for callers of the old name: :meth:`ModelInfo.from_metadata`."""
+    return ModelInfo.from_metadata(meta, path)
 
 
 def info_from_cfg(cfg: str | Path, names: list[str] | None) -> ModelInfo:
+    """The info of a cfg without building its weights (the model on the meta device)."""
     import warnings
 
     from ..model import Darknet
-    from .pytorch import model_info
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with torch.device("meta"):  # the info only: no parameters allocated
             model = Darknet(cfg, warn_unused=False)
-    return model_info(model, names)
+    return ModelInfo.from_model(model, names)
 
 
 def is_quantised(path: Path, meta: dict[str, str]) -> bool:
@@ -55,6 +47,7 @@ def is_quantised(path: Path, meta: dict[str, str]) -> bool:
     return any(n.op_type in QUANTISED_OPS for n in proto.graph.node)
 
 
+@register_engine("onnxruntime")
 class OrtBackend(Backend):
     """An onnxruntime ``InferenceSession`` with the eval contract: ``(B, 3, H, W) -> (B, N, 5 + C)``.
 
@@ -62,7 +55,9 @@ class OrtBackend(Backend):
     fixed size runs only that size (export with ``--dynamic`` for others).
     """
 
-    name = "onnxruntime"
+    precisions = ("fp32", "int8")
+    devices = ("cpu", "cuda")
+    suffixes = (".onnx",)
 
     def __init__(self, session: object, info: ModelInfo, precision: str, device: torch.device,
                  path: Path) -> None:
@@ -76,14 +71,15 @@ class OrtBackend(Backend):
         self.fixed_hw = tuple(shape[2:]) if len(shape) == 4 and all(isinstance(s, int) for s in shape[2:]) else None
 
     @classmethod
-    def from_files(cls, cfg: str | Path | None, weights: str | Path, precision: str, device: torch.device,
-                   names: list[str] | None) -> "OrtBackend":
+    def from_files(cls, cfg: str | Path | None, weights: str | Path, precision: str = "fp32",
+                   device: str | torch.device = "cpu", names: list[str] | None = None) -> "OrtBackend":
+        device = torch.device(device)
         try:
             import onnxruntime as ort
         except ImportError:
             raise BackendError(INSTALL) from None
         from ..cfg import resolve_path
-        from ..checkpoint import WEIGHTS_DIR
+        from ..weights_file import WEIGHTS_DIR
 
         try:
             path = resolve_path(weights, WEIGHTS_DIR, "weights file")
@@ -113,7 +109,7 @@ class OrtBackend(Backend):
         meta = dict(session.get_modelmeta().custom_metadata_map)
         ours = "yolo.format" in meta
         if ours:
-            info = info_from_metadata(meta, path)
+            info = ModelInfo.from_metadata(meta, path)
             if cfg is not None:
                 from_cfg = info_from_cfg(cfg, None)
                 if from_cfg.num_classes != info.num_classes:

@@ -31,20 +31,17 @@ import torch
 from torch import nn
 
 from ..blocks.layers import ACUnit, ConvBN
-from ..checkpoint import load_weights
 from ..heads import Head
 from ..model import Darknet
-from . import Backend, BackendError, ModelInfo
+from ..weights_file import load_weights
+from .base import Backend, BackendError, ModelInfo, register_engine
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def model_info(model: Darknet, names: list[str] | None = None) -> ModelInfo:
-    head = model.yolo_layers[-1].settings if model.yolo_layers else None
-    extra = {"nms_kind": head.nms_kind, "beta_nms": head.beta_nms} if head is not None else {}
-    return ModelInfo(num_classes=model.num_classes, input_size=model.input_size,
-                     letter_box=bool(model.net.letter_box), max_stride=model.max_stride,
-                     strides=list(model.strides), cfg_name=model.cfg_path.name, names=names, extra=extra)
+    """Kept for callers of the old name: :meth:`ModelInfo.from_model`."""
+    return ModelInfo.from_model(model, names)
 
 
 def cpu_bf16_problem() -> str | None:
@@ -255,6 +252,7 @@ def reduce_precision(model: Darknet, precision: str, device: torch.device) -> Da
     return model.eval()
 
 
+@register_engine("torch")
 class TorchBackend(Backend):
     """Runs a ``Darknet`` in eval mode under ``torch.inference_mode``.
 
@@ -263,21 +261,25 @@ class TorchBackend(Backend):
     ``from_files`` and ``evaluate()`` build their own). Input: float32 (any layout); output:
     float32 always."""
 
-    name = "torch"
+    precisions = tuple(DTYPES)
+    devices = ("cpu", "cuda")
+    suffixes = (".weights", ".pt")  # and any other name: Darknet backbone files such as darknet53.conv.74
 
     def __init__(self, model: Darknet, precision: str = "fp32", device: torch.device | None = None,
                  names: list[str] | None = None) -> None:
         device = device or next(model.parameters()).device
         check_precision(precision, device)
-        super().__init__(model_info(model, names), precision, device)
+        super().__init__(ModelInfo.from_model(model, names), precision, device)
         if precision != "fp32" and getattr(model, "engine_precision", "fp32") != precision:
             model = reduce_precision(model, precision, device)
         self.model = model
         self.dtype = DTYPES[precision]
 
     @classmethod
-    def from_files(cls, cfg: str | Path | None, weights: str | Path, precision: str,
-                   device: torch.device) -> "TorchBackend":
+    def from_files(cls, cfg: str | Path | None, weights: str | Path, precision: str = "fp32",
+                   device: str | torch.device = "cpu", names: list[str] | None = None) -> "TorchBackend":
+        """``names`` given: they replace the checkpoint's (checked against the model's classes)."""
+        device = torch.device(device)
         if cfg is None:
             raise BackendError(f"{weights}: the torch backend needs --cfg")
         if device.type == "cuda" and not torch.cuda.is_available():
@@ -287,6 +289,11 @@ class TorchBackend(Backend):
         state = load_weights(model, weights)
         model = reduce_precision(model, precision, device)
         saved = state.get("names")
+        if names is not None:
+            if len(names) != model.num_classes:
+                raise BackendError(f"names: {len(names)} class names, but {model.cfg_path.name} has "
+                                   f"{model.num_classes} classes: use the names the model was trained with")
+            saved = list(names)
         return cls(model, precision, device, list(saved) if isinstance(saved, (list, tuple)) and saved else None)
 
     @torch.inference_mode()

@@ -1,8 +1,10 @@
-"""Helpers every CLI shares: device parsing, numbered run folders, and one-line user errors.
+"""Helpers every CLI shares: device and size parsing, numbered run folders, and one-line user errors.
 
 A user mistake (bad path, malformed cfg, wrong device) ends the program with exit code 2 and one
 line on stderr; a bug in our code still shows its traceback (set ``YOLO_DEBUG=1`` to see the
-traceback of user errors too).
+traceback of user errors too). Which exception means which exit code is :data:`EXIT_CODES`, the
+one table: library code raises its own :class:`~yolo.errors.YoloError` subclasses, never
+:class:`UserError` (the command line's own).
 """
 from __future__ import annotations
 
@@ -16,29 +18,52 @@ from typing import Callable, NoReturn, Sequence
 
 import torch
 
-from ..backends import BACKENDS, PRECISIONS, BackendError
-from ..cfg import REPO_ROOT, ConfigError
-from ..checkpoint import CheckpointError
+from ..assets import DEFAULT_CFG, DEFAULT_WEIGHTS
+from ..backends import PRECISIONS, BackendError, engine_names
+from ..cfg import ConfigError
+from ..errors import YoloError
 from ..io import InputFileError
 from ..weights import WeightsError
+from ..weights_file import CheckpointError
+
+__all__ = ["DEFAULT_CFG", "DEFAULT_WEIGHTS", "EXIT_CODES", "EXIT_INTERRUPTED", "EXIT_USER_ERROR", "USER_ERRORS",
+           "ArgumentParser", "UserError", "add_img_size_arg", "add_model_args", "engine_args", "exit_code",
+           "increment_dir", "one_line", "parse_device", "parse_img_size", "size_token", "user_errors"]
 
 
-class UserError(Exception):
-    """A problem with the user's input (arguments, files); reported as one line, no traceback."""
+class UserError(YoloError):
+    """A problem with the command line itself (arguments); reported as one line, no traceback."""
 
-
-#: Exceptions that describe the user's input rather than a bug; extended by tools that need more.
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    UserError, ConfigError, WeightsError, CheckpointError, InputFileError, BackendError,
-    FileNotFoundError, PermissionError,
-    IsADirectoryError, NotADirectoryError, FileExistsError,
-)
-
-DEFAULT_CFG = REPO_ROOT / "cfg" / "yolo-fastest-1.1.cfg"  # the shipped COCO model
-DEFAULT_WEIGHTS = REPO_ROOT / "weights" / "yolo-fastest-1.1.weights"
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+
+#: exception -> exit code, the one table every CLI uses (first match wins). A YoloError is the
+#: library's word for "bad input" (ConfigError, WeightsError, BackendError, DetectError ...).
+EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
+    (KeyboardInterrupt, EXIT_INTERRUPTED),
+    (YoloError, EXIT_USER_ERROR),
+    (FileNotFoundError, EXIT_USER_ERROR),
+    (PermissionError, EXIT_USER_ERROR),
+    (IsADirectoryError, EXIT_USER_ERROR),
+    (NotADirectoryError, EXIT_USER_ERROR),
+    (FileExistsError, EXIT_USER_ERROR),
+)
+
+#: Exceptions that describe the user's input rather than a bug (the table's exit-code-2 rows;
+#: the named ones are YoloErrors, listed for readers and for tools that extend the tuple).
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    UserError, ConfigError, WeightsError, CheckpointError, InputFileError, BackendError,
+) + tuple(cls for cls, code in EXIT_CODES if code == EXIT_USER_ERROR)
+
+
+def exit_code(exc: BaseException, extra: Sequence[type[BaseException]] = ()) -> int | None:
+    """The exit code of ``exc`` by :data:`EXIT_CODES` (``extra``: a tool's own user errors, code 2);
+    None: not a user error (a bug: let its traceback show)."""
+    for cls, code in EXIT_CODES:
+        if isinstance(exc, cls):
+            return code
+    return EXIT_USER_ERROR if isinstance(exc, tuple(extra)) else None
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -94,32 +119,67 @@ def one_line(exc: BaseException) -> str:
 
 
 def user_errors(*extra: type[BaseException]) -> Callable:
-    """Decorate ``main(argv) -> int``: user errors (``USER_ERRORS`` plus ``extra``) become
-    ``error: ...`` on stderr and exit code 2, Ctrl-C exit code 130, without a traceback.
+    """Decorate ``main(argv) -> int``: exceptions :data:`EXIT_CODES` knows (plus ``extra``, the
+    tool's own user errors) become ``error: ...`` on stderr and their exit code (2), Ctrl-C
+    ``interrupted`` and 130, without a traceback.
 
     Use as ``@user_errors()`` or ``@user_errors(MyInputError)``.
     """
     if len(extra) == 1 and callable(extra[0]) and not isinstance(extra[0], type):
         return user_errors()(extra[0])  # bare @user_errors
-    caught = USER_ERRORS + tuple(extra)
 
     def decorate(main: Callable[..., int]) -> Callable[..., int]:
         @functools.wraps(main)
         def wrapper(argv: Sequence[str] | None = None) -> int:
             try:
                 return main(argv)
-            except caught as e:
-                if os.environ.get("YOLO_DEBUG"):
+            except BaseException as e:
+                code = exit_code(e, extra)
+                if code is None or (os.environ.get("YOLO_DEBUG") and not isinstance(e, KeyboardInterrupt)):
                     raise
-                print(f"error: {one_line(e)}", file=sys.stderr)
-                return EXIT_USER_ERROR
-            except KeyboardInterrupt:
-                print("interrupted", file=sys.stderr)
-                return EXIT_INTERRUPTED
+                print("interrupted" if isinstance(e, KeyboardInterrupt) else f"error: {one_line(e)}",
+                      file=sys.stderr)
+                return code
 
         return wrapper
 
     return decorate
+
+
+def size_token(text: str) -> list[int]:
+    """One ``--img-size`` word: ``416``, or ``320,416`` / ``320x416`` (height, width); argparse turns
+    the ValueError into a one-line usage error."""
+    sizes = [int(v) for v in text.lower().replace("x", ",").split(",") if v.strip()]
+    if not sizes:
+        raise ValueError(text)
+    return sizes
+
+
+def parse_img_size(values: int | Sequence[int | Sequence[int]] | None,
+                   what: str = "--img-size") -> tuple[int, int] | None:
+    """``--img-size`` as every tool reads it: one size (square) or HEIGHT WIDTH -> (height, width),
+    the order of the Python API (``img_size=(h, w)``, ``Tensor[B, 3, H, W]``); None when not given.
+    Each must be positive; multiples of the stride are the model's to check."""
+    if values is None:
+        return None
+    if isinstance(values, int):
+        values = [values]
+    sizes = [int(v) for value in values for v in ([value] if isinstance(value, int) else value)]
+    if not sizes:
+        return None
+    if len(sizes) > 2:
+        raise UserError(f"{what} takes one size or HEIGHT WIDTH, got {len(sizes)} numbers")
+    hw = (sizes[0], sizes[-1])
+    if min(hw) < 1:
+        raise UserError(f"{what} must be positive, got {hw[0]}x{hw[1]} (h x w)")
+    return hw
+
+
+def add_img_size_arg(p: argparse.ArgumentParser, help: str) -> None:
+    """The one ``--img-size`` option: ``N`` (square) or ``H W`` (also ``H,W``); read it with
+    :func:`parse_img_size`."""
+    p.add_argument("--img-size", type=size_token, nargs="+", default=None, metavar="N",
+                   help=f"{help}: one size, or height width (also H,W)")
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -128,7 +188,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="Darknet cfg (path, or a name in cfg/); default: the shipped model's, or none for an .onnx")
     p.add_argument("--weights", default=str(DEFAULT_WEIGHTS),
                    help="Darknet .weights, a .pt checkpoint or an .onnx export (path, or a name in weights/)")
-    p.add_argument("--backend", choices=BACKENDS, default=None,
+    p.add_argument("--backend", choices=engine_names(), default=None,
                    help="inference engine (default: onnxruntime for an .onnx file, else torch)")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="fp32 (default), bf16 (CPU with AVX-512 BF16 / AMX, or CUDA), fp16 (CUDA), int8 (.onnx)")

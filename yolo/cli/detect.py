@@ -14,7 +14,17 @@ from ..cfg import REPO_ROOT
 from ..detector import DetectError, Detector
 from ..outputs import Summary, detect_source
 from ..sources import resolve_source
-from .common import ArgumentParser, UserError, add_model_args, engine_args, increment_dir, parse_device, user_errors
+from .common import (
+    ArgumentParser,
+    UserError,
+    add_img_size_arg,
+    add_model_args,
+    engine_args,
+    increment_dir,
+    parse_device,
+    parse_img_size,
+    user_errors,
+)
 
 DEFAULT_SOURCE = REPO_ROOT / "data" / "samples"
 
@@ -28,8 +38,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "for an 80-class model, else class numbers)")
     p.add_argument("--source", default=str(DEFAULT_SOURCE),
                    help="image, folder, glob, .txt list of images, video file, stream URL or webcam index")
-    p.add_argument("--img-size", type=image_size, nargs="+", default=None, metavar="N",
-                   help="network input: one size, or height width (also H,W) (default: the cfg's)")
+    add_img_size_arg(p, "network input (default: the cfg's)")
     p.add_argument("--conf-thres", type=float, default=0.25, help="score threshold (objectness x class)")
     p.add_argument("--nms-thres", type=float, default=0.45, help="IoU threshold of per-class NMS")
     p.add_argument("--max-det", type=int, default=100, help="at most this many detections per image")
@@ -51,21 +60,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def image_size(text: str) -> list[int]:
-    """``416`` or ``320,416``; argparse turns the ValueError into a one-line usage error."""
-    sizes = [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
-    if not sizes:
-        raise ValueError(text)
-    return sizes
-
-
 def run(args: argparse.Namespace) -> Summary:
     """Build the detector from parsed arguments and run it; the CLI's whole job."""
     device = parse_device(args.device)
     if args.batch_size < 1 or args.workers < 0:
         raise UserError(f"--batch-size must be positive and --workers >= 0, got {args.batch_size}, {args.workers}")
     source = resolve_source(args.source)  # before loading the model: a typo fails fast
-    img_size = [v for group in args.img_size for v in group] if args.img_size else None
+    img_size = parse_img_size(args.img_size)
     detector = Detector(names=args.names, device=device, img_size=img_size, conf_thres=args.conf_thres,
                         nms_thres=args.nms_thres, max_det=args.max_det, classes=args.classes,
                         batch_size=args.batch_size, **engine_args(args))

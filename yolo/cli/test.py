@@ -16,7 +16,16 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from .common import ArgumentParser, UserError, add_model_args, engine_args, parse_device, user_errors
+from .common import (
+    ArgumentParser,
+    UserError,
+    add_img_size_arg,
+    add_model_args,
+    engine_args,
+    parse_device,
+    parse_img_size,
+    user_errors,
+)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -29,8 +38,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="image folder of a COCO json (default: <split>_images in the .data file, or the "
                         "COCO layout annotations/instances_X.json -> X/)")
     p.add_argument("--split", default="valid", help="key of the .data file to evaluate")
-    p.add_argument("--img-size", type=int, nargs="+", default=None, metavar="N",
-                   help="network input: one size, or height width (default: the cfg's)")
+    add_img_size_arg(p, "network input (default: the cfg's)")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     p.add_argument("--metric", choices=("coco", "darknet"), default="coco",
                    help="coco: pycocotools COCOeval; darknet: Darknet's 'detector map' report "
@@ -92,7 +100,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         torch.set_num_threads(max(1, (os.cpu_count() or 1) - args.workers))
     model = load_backend(device=device, **engine_args(args))
-    img_size = args.img_size if args.img_size is None or len(args.img_size) > 1 else args.img_size[0]
+    img_size = parse_img_size(args.img_size)
     print(f"{len(info.records)} images from {info.source}"
           + (f" (skipped: {info.problems.summary()})" if info.problems else ""), file=sys.stderr)
     metrics = evaluate(model, info, img_size=img_size, batch_size=args.batch_size, conf_thres=args.conf_thres,
