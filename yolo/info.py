@@ -6,17 +6,13 @@ One row per section: index, type, filters, size/stride(dilation), input -> outpu
 (W x H x C) and BFLOPs, then Darknet's ``Total BFLOPS``, the parameter count and the size
 of the ``.weights`` file the network reads and writes.
 
-BFLOPs are counted as Darknet counts them (a multiply-add is 2 operations):
-
-* ``[convolutional]``: ``2 * (C_in / groups) * filters * kh * kw * out_h * out_w / 1e9``
-  (``l.bflops`` in Darknet's ``convolutional_layer.c``);
-* ``[maxpool]``: ``size * size * C * out_h * out_w / 1e9`` (``maxpool_layer.c``);
-* ``[shortcut]``: ``out_w * out_h * out_c * n / 1e9``, ``n`` = number of ``from`` layers
-  (``shortcut_layer.c``);
-* ``[route]``, ``[upsample]``, ``[dropout]``, ``[yolo]``: 0;
-* sections Darknet does not have (``asymmetric=1`` ACNet, ``[res2net]``, ``[triangle]``,
-  ``[bottleneck]``, ``[scbottleneck]``): the sum of their internal convolutions by the
-  convolution rule (pools, sums and gates inside them are not counted).
+BFLOPs are counted as Darknet counts them (a multiply-add is 2 operations). Each block class says
+its own row (``Block.info_row``, a ``yolo.layer_table.LayerRow``): a [convolutional] by Darknet's
+``l.bflops`` (``convolutional_layer.c``), [maxpool] and [shortcut] as ``maxpool_layer.c`` and
+``shortcut_layer.c`` count them, [route] [upsample] [dropout] [yolo] 0; sections Darknet does not
+have (``asymmetric=1`` ACNet, [res2net], [triangle], [bottleneck], [scbottleneck], and any new
+block that declares nothing) the sum of their internal convolutions by the convolution rule
+(pools, sums and gates inside them are not counted).
 
 Shapes come from running the network once on a ``meta`` tensor (no memory, no arithmetic)
 with forward hooks on every section and every ``nn.Conv2d``, so the table follows whatever
@@ -26,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -35,62 +30,16 @@ from torch import nn
 
 from .cli.common import ArgumentParser, add_img_size_arg, parse_img_size, user_errors
 from .errors import YoloError
+from .layer_table import LayerRow, conv_bflops
+
+__all__ = ["LayerRow", "conv_bflops", "layer_table", "total_bflops", "weights_file_bytes", "report", "check_size",
+           "InfoError", "parse_size", "get_args_parser", "main"]
 
 HEADER = "   layer   type          filters  size/strd(dil)      input                  output"
-
-# Section types that Darknet itself does not have: their BFLOPs are their convolutions' sum.
-COMPOSITE = {"res2net", "triangle", "bottleneck", "scbottleneck"}
-
-
-@dataclass
-class LayerRow:
-    """One line of the table. Shapes are (W, H, C), as Darknet prints them."""
-
-    index: int
-    type: str  # Darknet's short name: conv, max, route, shortcut, upsample, dropout, yolo, ...
-    filters: str  # the filters column: "16", "32/ 32" (groups), route's layer list
-    size: str  # the size/stride(dilation) column: " 3 x 3/ 1", "2x 2/ 2", " 2x"
-    input: tuple[int, int, int] | None
-    output: tuple[int, int, int]
-    bflops: float
-    params: int = 0  # trainable parameters of this section
-    convs: list[tuple[str, float]] = field(default_factory=list)  # (description, BFLOPs) inside
-
-    @property
-    def text(self) -> str:
-        shape_in = _shape(self.input) if self.input is not None else " " * 19
-        return (f"{self.index:4d} {self.type:<12s} {self.filters:>10s} {self.size:<15s} "
-                f"{shape_in} -> {_shape(self.output)} {self.bflops:6.3f} BF")
-
-
-def _shape(s: tuple[int, int, int]) -> str:
-    return f"{s[0]:4d} x{s[1]:4d} x{s[2]:4d}"
 
 
 def _whc(t: torch.Tensor) -> tuple[int, int, int]:
     return int(t.shape[3]), int(t.shape[2]), int(t.shape[1])
-
-
-def conv_bflops(conv: nn.Conv2d, out_h: int, out_w: int) -> float:
-    """Darknet's ``l.bflops`` of a convolution: 2 * weights * output positions / 1e9."""
-    kh, kw = conv.kernel_size
-    weights = conv.in_channels // conv.groups * conv.out_channels * kh * kw
-    return 2.0 * weights * out_h * out_w / 1e9
-
-
-def _pair(v) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
-
-
-def _conv_text(conv: nn.Conv2d) -> tuple[str, str]:
-    """(filters column, size column) of a convolution, in Darknet's formats."""
-    n, g = conv.out_channels, conv.groups
-    filters = f"{n:d}/{g:4d}" if g > 1 else f"{n:d}"
-    (kh, kw), (sy, sx), (dy, _) = conv.kernel_size, _pair(conv.stride), _pair(conv.dilation)
-    size = f"{kh:2d} x{kw:2d}/{sx:2d}" if sy == sx else f"{kh:2d} x{kw:2d}/{sx:2d}x{sy:2d}"
-    if dy > 1:
-        size += f"({dy:d})"
-    return filters, size
 
 
 class _Done(Exception):
@@ -192,44 +141,13 @@ def layer_table(model: nn.Module, size: tuple[int, int] | int | None = None) -> 
     records = _run_shapes(model, size)
     rows = []
     for i, (block, section, (x, y, convs)) in enumerate(zip(model.module_list, model.sections, records)):
-        kind = section.type
         inp = _whc(x) if isinstance(x, torch.Tensor) and x.dim() == 4 else None
         # a [yolo] head returns decoded boxes; its map (what Darknet prints) is its input
         out = _whc(y) if isinstance(y, torch.Tensor) and y.dim() == 4 else (inp or (0, 0, 0))
-        inner = [(f"{c.out_channels} {c.kernel_size[0]}x{c.kernel_size[1]}",
-                  conv_bflops(c, int(o.shape[2]), int(o.shape[3]))) for c, o in convs]
-        params = sum(p.numel() for p in block.parameters())
-        conv_sum = sum(b for _, b in inner)
-        inputs = list(getattr(block, "inputs", ()) or ())
-        if kind in ("convolutional", "conv"):
-            filters, sz = _conv_text(convs[0][0])
-            name = "conv" if len(convs) == 1 else "conv-ac"  # ACNet: square + 1xk + kx1 summed
-            row = LayerRow(i, name, filters, sz, inp, out, conv_sum)
-        elif kind == "maxpool":
-            k, s = block.size, block.step
-            row = LayerRow(i, "max", "", f"{k:2d}x{k:2d}/{s:2d}", inp, out,
-                           k * k * out[2] * out[0] * out[1] / 1e9)
-        elif kind == "shortcut":
-            n = max(1, len(inputs))
-            row = LayerRow(i, "shortcut", " ".join(str(j) for j in inputs), "", inp, out,
-                           out[0] * out[1] * out[2] * n / 1e9)
-        elif kind == "route":
-            layers = " ".join(str(j) for j in inputs)
-            groups = section.int("groups", 1)
-            if groups > 1:
-                layers += f" {section.int('group_id', 0)}/{groups}"
-            row = LayerRow(i, "route", layers, "", None, out, 0.0)
-        elif kind == "upsample":
-            factor = out[0] // inp[0] if inp and inp[0] else 0
-            row = LayerRow(i, "upsample", "", f"{factor:2d}x", inp, out, 0.0)
-        elif kind == "dropout":
-            row = LayerRow(i, "dropout", "", f"p = {block.drop.p:.2f}", inp, out, 0.0)
-        elif kind == "yolo":
-            row = LayerRow(i, "yolo", "", "", inp, out, 0.0)
-        else:  # composite blocks and anything else: the sum of its convolutions
-            stride = inp[0] // out[0] if inp and out[0] and inp[0] >= out[0] else 1
-            row = LayerRow(i, kind, str(out[2]), f"  /{stride:2d}", inp, out, conv_sum)
-        row.params = params
+        figures = [(c, conv_bflops(c, int(o.shape[2]), int(o.shape[3]))) for c, o in convs]
+        row = block.info_row(i, section, inp, out, figures)
+        row.params = sum(p.numel() for p in block.parameters())
+        inner = [(f"{c.out_channels} {c.kernel_size[0]}x{c.kernel_size[1]}", b) for c, b in figures]
         row.convs = inner if len(inner) > 1 else []
         rows.append(row)
     return rows

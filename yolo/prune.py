@@ -5,9 +5,10 @@
 
 Every channel of every map is a node of a channel graph (``yolo.pruning.graph``); channels the
 structure ties together (a [shortcut]'s summands, [route] pieces and groups, a depthwise conv and
-its input, the chunks of [res2net]/[triangle], residuals ...; ``yolo.pruning.sections`` says what
-each section type ties) form one group and get one decision: removed when the largest |gamma| of
-its BatchNorms is under a global threshold. The convolutions feeding a [yolo] keep every channel.
+its input, the chunks of [res2net]/[triangle], residuals ...; each block class says what it ties in
+its ``prune_rule``, see ``yolo.pruning.rules``) form one group and get one decision: removed when
+the largest |gamma| of its BatchNorms is under a global threshold. The convolutions feeding a [yolo]
+keep every channel.
 A removed channel still carries a constant (act(beta) when gamma = 0): it is folded into the bias
 (or BN running_mean) of the convolutions that read it, so the outputs before fine-tuning stay
 close (exact for 1x1 readers; a k x k reader differs at the zero-padded border only).
@@ -48,7 +49,7 @@ from .pruning.graph import (
     keep_masks,
     slice_units,
 )
-from .pruning.sections import rule_for
+from .pruning.rules import rule_for
 
 DEPLOYED_MARK = "# Deployed by yolo.deploy"
 

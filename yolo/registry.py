@@ -3,17 +3,20 @@
 A block declares, in one class, how it is built from its cfg section
 (``from_section``), what it outputs (``out_channels``, ``out_stride``), which earlier
 outputs it reads (``inputs``) and the ordered (conv, batchnorm) units it puts in the
-``.weights`` stream (``weight_units``). Weights IO, fusion and the model's forward
-loop only ever walk these declarations.
+``.weights`` stream (``weight_units``), how pruning couples its channels (``prune_rule``,
+``yolo.pruning.rules``) and its row of Darknet's layer table (``info_row``). Weights IO, fusion,
+pruning, the layer table and the model's forward loop only ever walk these declarations.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, ClassVar, Iterator, Optional, Sequence
 
 from torch import nn
 
 from .cfg import ConfigError, Section
+from .layer_table import ConvFigures, LayerRow, Shape, composite_row
+from .pruning.rules import Rule
 
 WeightUnit = tuple[nn.Conv2d, Optional[nn.BatchNorm2d]]
 
@@ -67,6 +70,8 @@ class Block(nn.Module):
     section_type: str = ""
     inputs: tuple[int, ...] = ()  # absolute indices of earlier outputs passed to forward()
     is_output: bool = False  # a [yolo] head: its result is collected, x passes through
+    # how pruning couples its channels and edits its keys; None: pruning refuses it, naming the section
+    prune_rule: ClassVar[Optional[Rule]] = None
 
     def __init__(self, out_channels: int, out_stride: float) -> None:
         super().__init__()
@@ -93,6 +98,13 @@ class Block(nn.Module):
     def weight_units(self) -> Iterator[WeightUnit]:
         """(conv, bn or None) pairs in ``.weights`` stream order; none by default."""
         return iter(())
+
+    def info_row(self, index: int, section: Section, inp: Optional[Shape], out: Shape,
+                 convs: ConvFigures) -> LayerRow:
+        """This section's row of Darknet's layer table, from its input and output maps (W, H, C) and the
+        convolutions it ran (each with its BFLOPs). Default: a section Darknet does not have (its
+        output channels, its stride, the sum of its convolutions)."""
+        return composite_row(index, section.type, inp, out, convs)
 
     def fuse(self) -> None:
         """Fold BatchNorm into convolutions for inference (in place)."""

@@ -12,6 +12,8 @@ from typing import Iterator
 import torch
 
 from ..cfg import Section
+from ..layer_table import ConvFigures, LayerRow, Shape, conv_row
+from ..pruning.rules import Rule, edit_conv, trace_conv
 from ..registry import Block, BuildContext, WeightUnit, register
 from .conv import Convolutional, ConvSpec
 from .layers import ACUnit
@@ -19,7 +21,13 @@ from .layers import ACUnit
 
 @register("convolutional", "conv", variant="asymmetric")
 class ACConv(Block):
-    """A [convolutional] section with ``asymmetric=1``."""
+    """A [convolutional] section with ``asymmetric=1``.
+
+    Pruning: as a [convolutional]; the three branches' outputs are one channel (their BN scales
+    rank it together, ``ChannelGraph.conv``).
+    """
+
+    prune_rule = Rule(trace_conv, edit_conv)
 
     def __init__(self, unit: ACUnit, stride: float) -> None:
         super().__init__(unit.c_out, stride)
@@ -50,6 +58,11 @@ class ACConv(Block):
 
     def weight_units(self) -> Iterator[WeightUnit]:
         return self.unit.weight_units()
+
+    def info_row(self, index: int, section: Section, inp: Shape | None, out: Shape,
+                 convs: ConvFigures) -> LayerRow:
+        """``conv-ac`` (three convolutions summed); ``conv`` once fused into one."""
+        return conv_row(index, inp, out, convs)
 
     def deploy(self) -> tuple[Block, dict[str, str | None]]:
         """One plain [convolutional]: batch_normalize=0, BN folded, branches added."""

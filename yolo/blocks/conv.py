@@ -8,6 +8,8 @@ import torch
 from torch import nn
 
 from ..cfg import Section
+from ..layer_table import ConvFigures, LayerRow, Shape, conv_row
+from ..pruning.rules import Rule, edit_conv, trace_conv
 from ..registry import Block, BuildContext, WeightUnit, register
 from .layers import ConvBN, conv_out_hw, make_activation
 
@@ -52,7 +54,14 @@ class ConvSpec:
 
 @register("convolutional", "conv")
 class Convolutional(Block):
-    """A Darknet [convolutional] section."""
+    """A Darknet [convolutional] section.
+
+    Pruning: nothing coupled across input and output, except a depthwise conv (groups = in = out:
+    channel c in with channel c out; ``groups`` follows ``filters``); other grouped convs and convs
+    without BatchNorm keep all their channels.
+    """
+
+    prune_rule = Rule(trace_conv, edit_conv)
 
     def __init__(self, unit: ConvBN, stride: float) -> None:
         super().__init__(unit.conv.out_channels, stride)
@@ -73,4 +82,8 @@ class Convolutional(Block):
 
     def weight_units(self) -> Iterator[WeightUnit]:
         return self.unit.weight_units()
+
+    def info_row(self, index: int, section: Section, inp: Shape | None, out: Shape,
+                 convs: ConvFigures) -> LayerRow:
+        return conv_row(index, inp, out, convs)
 

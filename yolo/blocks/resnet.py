@@ -7,13 +7,38 @@ import torch
 from torch import nn
 
 from ..cfg import Section
+from ..pruning.graph import ChannelGraph
+from ..pruning.rules import Count, Named, Rule, act_of_sum, residual
 from ..registry import Block, BuildContext, WeightUnit, register
 from .layers import ACUnit, ConvBN, make_activation, make_downsample, positive
+
+
+def _trace_bottleneck(b: "Bottleneck", g: ChannelGraph, x: int, outs: list[int]) -> tuple[int, Named]:
+    """conv1 and conv2 outputs are one ``planes``; the output goes with the residual."""
+    planes = b.conv1.conv.out_channels
+    a = g.conv(b.conv1, x, g.tensor(planes, f"{b.where} conv1"))
+    c = g.conv(b.conv2, a, g.tensor(planes, f"{b.where} conv2"))
+    g.tie(g.nodes(a), g.nodes(c))  # one `planes`
+    y = g.conv(b.conv3, c, g.tensor(b.out_channels, f"{b.where} conv3"))
+    out = residual(b, g, x, y, b.downsample, act_of_sum(b.act))
+    g.constrain([g.nodes(a), g.nodes(out)], lambda p, o: p >= 1 and o % p == 0,
+                f"{b.where}: out = planes * expansion")
+    return out, {"planes": a, "out": out}
+
+
+def _edit_bottleneck(b: "Bottleneck", s: Section, n: Count) -> dict:
+    """``planes`` and ``expansion`` = out / planes (a whole number)."""
+    p, o = n("planes"), n("out")
+    if p == b.conv1.conv.out_channels and o == b.out_channels:
+        return {}
+    return {"planes": str(p), "expansion": str(o // p)}
 
 
 @register("bottleneck")
 class Bottleneck(Block):
     """1x1 reduce -> 3x3 (stride; ACNet block if asymmetric) -> 1x1 expand, + residual, act."""
+
+    prune_rule = Rule(_trace_bottleneck, _edit_bottleneck)
 
     def __init__(self, c_in: int, planes: int, stride: int, expansion: int, asymmetric: bool,
                  act: nn.Module, out_stride: float) -> None:

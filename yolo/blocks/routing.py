@@ -6,6 +6,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cfg import ConfigError, Section
+from ..layer_table import ConvFigures, LayerRow, Shape
+from ..pruning.graph import ChannelGraph
+from ..pruning.rules import PASS_THROUGH, Named, Rule, no_edits
 from ..registry import Block, BuildContext, RefMap, register
 from .layers import make_activation
 
@@ -14,9 +17,22 @@ def _wxh(hw: tuple[int, int]) -> str:
     return f"{hw[1]}x{hw[0]}"
 
 
+def _trace_route(block: "Route", g: ChannelGraph, x: int, outs: list[int]) -> tuple[int, Named]:
+    """The output's channels are its inputs' (slices); ``groups=G``: the G slices of each input have
+    the same kept channels (so every slice keeps the same count)."""
+    srcs = [(outs[i], a, b) for i, (a, b) in zip(block.inputs, block.slices)]
+    for i, (a, b) in zip(block.inputs, block.slices):
+        part, t = b - a, outs[i]
+        for k in range(1, g.sizes[t] // part):  # [route] groups: every slice keeps the same channels
+            g.tie(g.nodes(t, 0, part), g.nodes(t, k * part, (k + 1) * part))
+    return g.cat(srcs, block.where), {}
+
+
 @register("route")
 class Route(Block):
     """Concatenate earlier outputs; with groups, the group_id-th channel slice of each."""
+
+    prune_rule = Rule(_trace_route, no_edits)
 
     def __init__(self, inputs: tuple[int, ...], slices: list[tuple[int, int]], stride: float) -> None:
         super().__init__(sum(b - a for a, b in slices), stride)
@@ -64,6 +80,27 @@ class Route(Block):
             refs = [r[:, a:b] for r, (a, b) in zip(refs, self.slices)]
         return refs[0] if len(refs) == 1 else torch.cat(refs, 1)
 
+    def info_row(self, index: int, section: Section, inp: Shape | None, out: Shape,
+                 convs: ConvFigures) -> LayerRow:
+        """The layer list (and ``group_id/groups``), no input column, 0 BFLOPs."""
+        layers = " ".join(str(j) for j in self.inputs)
+        groups = section.int("groups", 1)
+        if groups > 1:
+            layers += f" {section.int('group_id', 0)}/{groups}"
+        return LayerRow(index, "route", layers, "", None, out, 0.0)
+
+
+def _trace_shortcut(block: "Shortcut", g: ChannelGraph, x: int, outs: list[int]) -> tuple[int, Named]:
+    """Every layer added into the sum, channel by channel (Darknet's partial overlap too)."""
+    def fn(v: list[torch.Tensor]) -> torch.Tensor:
+        out = v[0].clone()
+        for r in v[1:]:
+            k = min(len(r), len(out))
+            out[:k] += r[:k]
+        return block.act(out.view(1, -1, 1, 1)).view(-1)
+
+    return g.ew([x, *(outs[i] for i in block.inputs)], block.out_channels, fn, block.where), {}
+
 
 @register("shortcut")
 class Shortcut(Block):
@@ -71,6 +108,8 @@ class Shortcut(Block):
 
     When channel counts differ, Darknet adds the overlapping channels; so do we.
     """
+
+    prune_rule = Rule(_trace_shortcut, no_edits)
 
     def __init__(self, inputs: tuple[int, ...], channels: int, ref_channels: list[int],
                  act: nn.Module, stride: float) -> None:
@@ -107,9 +146,18 @@ class Shortcut(Block):
                 x = torch.cat([x[:, :n] + r[:, :n], x[:, n:]], 1)
         return self.act(x)
 
+    def info_row(self, index: int, section: Section, inp: Shape | None, out: Shape,
+                 convs: ConvFigures) -> LayerRow:
+        """``out_w * out_h * out_c * n / 1e9``, ``n`` = number of ``from`` layers (``shortcut_layer.c``)."""
+        n = max(1, len(self.inputs))
+        return LayerRow(index, "shortcut", " ".join(str(j) for j in self.inputs), "", inp, out,
+                        out[0] * out[1] * out[2] * n / 1e9)
+
 
 @register("upsample")
 class Upsample(Block):
+    prune_rule = PASS_THROUGH
+
     def __init__(self, channels: int, factor: int, stride: float) -> None:
         super().__init__(channels, stride)
         self.factor = factor
@@ -124,6 +172,11 @@ class Upsample(Block):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.interpolate(x, scale_factor=self.factor, mode="nearest")
 
+    def info_row(self, index: int, section: Section, inp: Shape | None, out: Shape,
+                 convs: ConvFigures) -> LayerRow:
+        factor = out[0] // inp[0] if inp and inp[0] else 0
+        return LayerRow(index, "upsample", "", f"{factor:2d}x", inp, out, 0.0)
+
 
 @register("maxpool")
 class MaxPool(Block):
@@ -133,6 +186,8 @@ class MaxPool(Block):
     reaches (e.g. the right column of a 2x2/2 pool on an even map) is never materialised, and
     symmetric padding goes to ``max_pool2d`` itself: padding a map with ``F.pad`` copies it.
     """
+
+    prune_rule = PASS_THROUGH
 
     def __init__(self, channels: int, size: int, step: int, padding: int, stride: float) -> None:
         super().__init__(channels, stride)
@@ -176,9 +231,17 @@ class MaxPool(Block):
             x = F.pad(x, pads, value=float("-inf"))
         return F.max_pool2d(x, self.size, self.step, inner)
 
+    def info_row(self, index: int, section: Section, inp: Shape | None, out: Shape,
+                 convs: ConvFigures) -> LayerRow:
+        """Darknet counts the compares: ``size * size * C * out_h * out_w / 1e9`` (``maxpool_layer.c``)."""
+        k, s = self.size, self.step
+        return LayerRow(index, "max", "", f"{k:2d}x{k:2d}/{s:2d}", inp, out, k * k * out[2] * out[0] * out[1] / 1e9)
+
 
 @register("dropout")
 class Dropout(Block):
+    prune_rule = PASS_THROUGH
+
     def __init__(self, channels: int, p: float, stride: float) -> None:
         super().__init__(channels, stride)
         self.drop = nn.Dropout(p)
@@ -192,3 +255,7 @@ class Dropout(Block):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop(x)
+
+    def info_row(self, index: int, section: Section, inp: Shape | None, out: Shape,
+                 convs: ConvFigures) -> LayerRow:
+        return LayerRow(index, "dropout", "", f"p = {self.drop.p:.2f}", inp, out, 0.0)

@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cfg import ConfigError, Section
+from ..pruning.graph import ChannelGraph
+from ..pruning.rules import Count, Named, Rule, act_of_sum, identity, residual
 from ..registry import Block, BuildContext, WeightUnit, register
 from .layers import ConvBN, make_activation, make_downsample, positive
 
@@ -36,11 +38,41 @@ class SCConv(nn.Module):
             yield from unit.weight_units()
 
 
+def _trace_scbottleneck(b: "SCBottleneck", g: ChannelGraph, x: int, outs: list[int]) -> tuple[int, Named]:
+    """The six half-width maps (conv1_a, k1, conv1_b, k2, k3 via the gate, k4) are one ``planes``; the
+    output goes with the residual; out = 8 x half."""
+    h, w = b.conv1_a.conv.out_channels, b.where
+    sc = b.scconv
+    a1 = g.conv(b.conv1_a, x, g.tensor(h, f"{w} conv1_a"))
+    a2 = g.conv(b.k1, a1, g.tensor(h, f"{w} k1"))
+    b1 = g.conv(b.conv1_b, x, g.tensor(h, f"{w} conv1_b"))
+    pooled = g.ew([b1], h, identity, f"{w} pool")
+    k2 = g.conv(sc.k2, pooled, g.tensor(h, f"{w} k2"))
+    k3 = g.conv(sc.k3, b1, g.tensor(h, f"{w} k3"))
+    gate = g.ew([k3, b1, k2], h, lambda v: v[0] * torch.sigmoid(v[1] + v[2]), f"{w} gate")
+    b2 = g.conv(sc.k4, gate, g.tensor(h, f"{w} k4"))
+    for t in (a2, b1, b2):  # one `planes`: every half-width map keeps the same count
+        g.tie(g.nodes(a1), g.nodes(t))
+    cat = g.cat([(a2, 0, h), (b2, 0, h)], f"{w} cat")
+    y = g.conv(b.conv3, cat, g.tensor(b.out_channels, f"{w} conv3"))
+    out = residual(b, g, x, y, b.downsample, act_of_sum(b.act))
+    g.constrain([g.nodes(a1), g.nodes(out)], lambda hh, o: hh >= 1 and o == 8 * hh,
+                f"{w}: out = 4 * planes, half = planes / 2")
+    return out, {"half": a1, "out": out}
+
+
+def _edit_scbottleneck(b: "SCBottleneck", s: Section, n: Count) -> dict:
+    """``planes`` = 2 x the kept half."""
+    h = n("half")
+    return {} if h == b.conv1_a.conv.out_channels else {"planes": str(2 * h)}
+
+
 @register("scbottleneck")
 class SCBottleneck(Block):
     """Half the planes through a plain 3x3 (k1), half through SCConv; concatenated, 1x1 expand."""
 
     expansion = 4
+    prune_rule = Rule(_trace_scbottleneck, _edit_scbottleneck)
 
     def __init__(self, c_in: int, planes: int, stride: int, pooling_r: int, act: nn.Module,
                  out_stride: float) -> None:

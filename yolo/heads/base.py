@@ -10,7 +10,8 @@ read there, once), it answers everything the code above the model needs to know 
 * ``nms_settings``: the keyword arguments of :func:`yolo.darknet_map.darknet_nms` it asks for,
   which :class:`~yolo.backends.ModelInfo` and the ONNX metadata carry;
 * ``jitter`` (augmentation), ``multiscale``, ``training_problem``, ``init_bias`` and
-  ``settings_row`` (the trainer), ``clear_cache`` (export).
+  ``settings_row`` (the trainer), ``clear_cache`` (export);
+* as every block: ``prune_rule`` (a head's input channels are fixed) and ``info_row``.
 
 So a new head type is one module in :mod:`yolo.heads` plus its ``@register``.
 """
