@@ -13,6 +13,7 @@ from yolo.datasets import (
     DataError,
     DatasetFormat,
     DatasetInfo,
+    DataWarning,
     ImageRecord,
     dataset_images,
     dataset_splits,
@@ -21,6 +22,7 @@ from yolo.datasets import (
     load_coco,
     load_dataset,
     register_format,
+    write_darknet_dataset,
 )
 from yolo.datasets import registry as format_registry
 
@@ -138,3 +140,16 @@ def test_calibration_images_dispatch(fake_format, tmp_path):
     assert calibration_images(_write(tmp_path / "c.fake", "x")) == [tmp_path / "fake_images" / "a.jpg"]
     with pytest.raises(ExportError, match=r"--calib-data: .*c\.csv: not a dataset format"):
         calibration_images(_write(tmp_path / "c.csv", "x"))
+
+
+def test_darknet_writer_drops_crowd_and_difficult_boxes(tmp_path):
+    img = _image(tmp_path / "src" / "a.jpg")
+    labels = np.array([[0, .5, .5, .2, .2], [1, .3, .3, .1, .1], [0, .7, .7, .1, .1]], np.float32)
+    rec = ImageRecord(img, 1, labels, np.array([False, True, False]), difficult=np.array([False, True, True]))
+    with pytest.warns(DataWarning) as caught:
+        data = write_darknet_dataset(DatasetInfo([rec], ["a", "b"], [1, 2], "t"), tmp_path / "dn")
+    assert sorted(str(w.message).split(": ", 1)[1] for w in caught) == [
+        "1 crowd box(es) dropped: Darknet labels cannot mark iscrowd",
+        "1 difficult box(es) dropped: Darknet labels cannot mark difficult"]
+    back = load_dataset(data).records[0]
+    np.testing.assert_allclose(back.labels, labels[:1], atol=1e-6)

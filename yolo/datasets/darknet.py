@@ -254,15 +254,16 @@ def write_darknet_dataset(info: DatasetInfo, out_dir: str | Path, split: str = "
 
     Layout: ``out/images/<file>`` (symlinks, or copies with ``copy=True``), ``out/labels/<stem>.txt``,
     ``out/<split>.txt`` (absolute image paths), ``out/classes.names``, ``out/dataset.data`` whose
-    ``train`` and ``valid`` both name the list. Crowd boxes are dropped (YOLO labels cannot mark
-    them), with one warning giving the count.
+    ``train`` and ``valid`` both name the list. Crowd and difficult boxes are dropped (YOLO labels
+    cannot mark them; Darknet's own ``voc_label.py`` drops difficult ones too), with one warning
+    giving each count.
     """
     out = Path(out_dir).resolve()
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "labels").mkdir(parents=True, exist_ok=True)
     used: set[str] = set()
     lines: list[str] = []
-    crowd = 0
+    crowd = difficult = 0
     for n, rec in enumerate(info.records):
         name = rec.path.name
         if name in used:  # two folders with the same file name
@@ -275,9 +276,10 @@ def write_darknet_dataset(info: DatasetInfo, out_dir: str | Path, split: str = "
             shutil.copy2(rec.path, dst)
         else:
             os.symlink(rec.path.resolve(), dst)
-        keep = ~rec.crowd.astype(bool)
-        crowd += int((~keep).sum())
-        rows = rec.labels[keep]
+        is_crowd, is_difficult = rec.crowd.astype(bool), rec.difficult.astype(bool)
+        crowd += int(is_crowd.sum())
+        difficult += int((is_difficult & ~is_crowd).sum())
+        rows = rec.labels[~is_crowd & ~is_difficult]
         (out / "labels" / Path(name).with_suffix(".txt")).write_text(
             "".join(f"{int(r[0])} {r[1]:.6f} {r[2]:.6f} {r[3]:.6f} {r[4]:.6f}\n" for r in rows))
         lines.append(str(dst))
@@ -288,5 +290,8 @@ def write_darknet_dataset(info: DatasetInfo, out_dir: str | Path, split: str = "
                     f"names = classes.names\nbackup = backup/\n")
     if crowd:
         warnings.warn(f"{out}: {crowd} crowd box(es) dropped: Darknet labels cannot mark iscrowd",
+                      DataWarning, stacklevel=2)
+    if difficult:
+        warnings.warn(f"{out}: {difficult} difficult box(es) dropped: Darknet labels cannot mark difficult",
                       DataWarning, stacklevel=2)
     return data
