@@ -83,9 +83,25 @@ def test_registered_format_is_picked_by_every_dispatch(fake_format, tmp_path):
     assert dataset_splits(fake) == ()
 
 
-def test_duplicate_format_refused(fake_format):
+def test_duplicate_or_incomplete_format_refused(fake_format):
     with pytest.raises(ValueError, match="'fake' is already registered"):
         register_format("fake")(fake_format)
+
+    class NoDescription(fake_format):
+        describe = ""
+
+    with pytest.raises(TypeError, match="NoDescription: .* sets 'describe'"):
+        register_format("nodesc")(NoDescription)
+
+    class NoRead(DatasetFormat):
+        describe = "a reader that cannot read"
+
+        def recognises(self, path: Path) -> bool:
+            return False
+
+    with pytest.raises(TypeError, match="abstract"):
+        register_format("noread")(NoRead)
+    assert "nodesc" not in formats() and "noread" not in formats()
 
 
 def test_unrecognised_input_names_the_formats(tmp_path):

@@ -10,6 +10,7 @@ narrow (a suffix, a marker file) so that no two formats claim the same input.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Callable, ClassVar, Sequence, TypeVar
 
@@ -20,7 +21,7 @@ _FORMATS: dict[str, DatasetFormat] = {}
 F = TypeVar("F", bound="type[DatasetFormat]")
 
 
-class DatasetFormat:
+class DatasetFormat(ABC):
     """A reader of one dataset format.
 
     Subclasses set ``describe`` (what the user gives, for the error that lists the formats)
@@ -31,15 +32,15 @@ class DatasetFormat:
     name: ClassVar[str] = ""  # set by @register_format
     describe: ClassVar[str] = ""  # e.g. "a COCO instances .json"
 
+    @abstractmethod
     def recognises(self, path: Path) -> bool:
         """Whether ``path`` (which exists) is in this format; cheap, and never raises for foreign input."""
-        raise NotImplementedError
 
+    @abstractmethod
     def read(self, path: Path, images: Path | None = None, split: str = "valid",
              names: Sequence[str] | None = None) -> DatasetInfo:
         """One split of the dataset at ``path``; ``images`` overrides the image folder and ``names``
         supplies class names where the format has none. Raises :class:`DataError` when unusable."""
-        raise NotImplementedError
 
     def splits(self, path: Path) -> tuple[str, ...]:
         """The splits ``path`` names (``()``: one split, ``read`` ignores ``split``)."""
@@ -56,10 +57,11 @@ def register_format(name: str) -> Callable[[F], F]:
     def wrap(cls: F) -> F:
         if name in _FORMATS:
             raise ValueError(f"dataset format '{name}' is already registered by {type(_FORMATS[name]).__name__}")
-        if not issubclass(cls, DatasetFormat):
-            raise TypeError(f"{cls.__name__}: a dataset format must subclass DatasetFormat")
+        if not issubclass(cls, DatasetFormat) or not cls.describe:
+            raise TypeError(f"{cls.__name__}: a dataset format subclasses DatasetFormat and sets 'describe'")
+        reader = cls()  # an abstract method left out fails here, at import
         cls.name = name
-        _FORMATS[name] = cls()
+        _FORMATS[name] = reader
         return cls
 
     return wrap
