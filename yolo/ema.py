@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .distributed import unwrap
+from .params import default
 
 
 class ModelEMA:
@@ -17,7 +18,8 @@ class ModelEMA:
     start of a long one, is not dominated by the initial weights.
     """
 
-    def __init__(self, model: nn.Module, decay: float = 0.9999, tau: float = 2000.0, updates: int = 0) -> None:
+    def __init__(self, model: nn.Module, decay: float = default("ema_decay"), tau: float = 2000.0,
+                 updates: int = 0) -> None:
         self.module = copy.deepcopy(unwrap(model)).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)

@@ -2,19 +2,24 @@
 
 Pure functions, no model and no files: each resolved value is a ``Setting`` that carries where
 it came from ("cfg", "--lr", "shrunk from 4000", "checkpoint"), so the trainer can print what
-it uses and why. Every [net] value and its Darknet default come from ``NetConfig`` (never
-restated here). Darknet's bookkeeping is kept: an optimiser *step* is one Darknet "batch"
-(``batch`` images through ``subdivisions`` forwards), and the lr schedule counts these steps.
+it uses and why. Every hyper-parameter (name, type, Darknet default, cfg key, flag) is declared
+once in ``yolo.params``; ``Hyp``, ``Overrides``, the options' override fields and ``resolve_hyp``
+are derived from that table (never restated here). Darknet's bookkeeping is kept: an optimiser
+*step* is one Darknet "batch" (``batch`` images through ``subdivisions`` forwards), and the lr
+schedule counts these steps.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Generic, Sequence, TypeVar
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Generic, Sequence, TypeVar
 
 import numpy as np
 
-from .netconfig import NetConfig
+from .params import Param, make_fields, params
+
+if TYPE_CHECKING:
+    from .netconfig import NetConfig
 
 T = TypeVar("T")
 
@@ -37,30 +42,22 @@ class Setting(Generic[T]):
     source: str
 
 
-@dataclass
-class Hyp:
-    """The schedule and optimiser values a run uses. No defaults on purpose: a [net] default lives
-    in ``NetConfig`` only, and a Hyp is built from one (``from_net``/``resolve_hyp``) or from a
-    checkpoint (``from_dict``)."""
+#: the Hyp fields (schedule and optimiser), in the order the trainer prints them
+HYP_PARAMS: tuple[Param, ...] = params(group="hyp")
 
-    learning_rate: float
-    momentum: float
-    decay: float
-    burn_in: int
-    power: float
-    policy: str
-    steps: list[int]
-    scales: list[float]
-    max_batches: int
-    batch: int  # images per optimiser step (Darknet's batch)
-    subdivisions: int
-    nesterov: bool
+
+@dataclass
+class Hyp(make_fields("HypFields", HYP_PARAMS, lambda p: (p.name, p.type, field()))):  # type: ignore[misc]
+    """The schedule and optimiser values a run uses: one field per ``HYP_PARAMS`` entry. No defaults
+    on purpose: a Hyp is built from a ``NetConfig`` (``from_net``/``resolve_hyp``) or from a
+    checkpoint (``from_dict``)."""
 
     @classmethod
     def from_net(cls, net: NetConfig, nesterov: bool = False) -> "Hyp":
-        """The cfg's values as they are (no overrides, no shrinking)."""
-        values = {f.name: getattr(net, f.name) for f in fields(cls) if f.name != "nesterov"}
-        return cls(**{k: list(v) if isinstance(v, list) else v for k, v in values.items()}, nesterov=nesterov)
+        """The cfg's values as they are (no overrides, no shrinking); a value the cfg does not hold
+        is its declared default."""
+        values = {p.name: _cfg_value(net, p) for p in HYP_PARAMS}
+        return cls(**{**values, "nesterov": nesterov})
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Hyp":
@@ -75,18 +72,39 @@ class Hyp:
         return asdict(self)
 
 
-@dataclass(frozen=True)
-class Overrides:
-    """Command-line values that replace the cfg's (None: not given)."""
+def _cfg_value(net: NetConfig, p: Param) -> Any:
+    """The cfg's value of a Hyp param (a copy of a list), its declared default when not in the cfg."""
+    value = getattr(net, p.name) if p.section == "net" else p.default
+    return list(value) if isinstance(value, list) else value
 
-    lr: float | None = None
-    momentum: float | None = None
-    decay: float | None = None
-    burn_in: int | None = None
-    steps: list[int] | None = None
-    scales: list[float] | None = None
-    batch: int | None = None
-    nesterov: bool | None = None
+
+@dataclass(frozen=True)
+class Overrides(make_fields("OverrideFields", params(group="hyp", flagged=True),
+                            lambda p: (p.option, p.type | None, field(default=None)), frozen=True)):  # type: ignore[misc]
+    """Command-line values that replace the cfg's, parsed (None: not given); one field per Hyp
+    param with a flag, named after the flag (``lr``, ``burn_in`` ...)."""
+
+
+def _option_field(p: Param) -> tuple[str, Any, Any]:
+    """A flag as ``TrainOptions`` keeps it: lists as the comma-separated text given; None (the cfg's
+    value) for a param the cfg holds, else the declared default."""
+    kind = str if p.is_list else p.type
+    return p.option, kind | None, field(default=None if p.section else p.default)
+
+
+#: the override fields of ``TrainOptions`` (one per flagged param), as given on the command line
+OptionFields = make_fields("OptionFields", params(flagged=True), _option_field)
+
+
+def overrides_from(options: Any) -> Overrides:
+    """The ``Overrides`` of options holding ``OptionFields`` (comma-separated lists parsed)."""
+    def parsed(p: Param) -> Any:
+        v = getattr(options, p.option)
+        if p.type == list[int]:
+            return parse_ints(v, p.flag)
+        return parse_floats(v, p.flag) if p.type == list[float] else v
+
+    return Overrides(**{p.option: parsed(p) for p in params(group="hyp", flagged=True)})
 
 
 def parse_ints(text: str | None, option: str) -> list[int] | None:
@@ -177,22 +195,20 @@ def _shrunk(cfg_value: T, value: T, override: T | None, option: str) -> Setting[
 
 
 def resolve_hyp(net: NetConfig, o: Overrides, total_steps: int) -> dict[str, Setting]:
-    """Every ``Hyp`` field as a Setting: cfg value, shrunk to the run unless overridden, overridden."""
+    """Every ``Hyp`` field as a Setting: cfg value, shrunk to the run unless overridden, overridden.
+    A param the cfg does not hold is its declared default unless given with another value."""
     burn_in, steps, max_batches = shrink_schedule(net.burn_in, net.steps, net.max_batches, total_steps)
-    s: dict[str, Setting] = {
-        "learning_rate": pick(net.learning_rate, o.lr, "--lr"),
-        "momentum": pick(net.momentum, o.momentum, "--momentum"),
-        "decay": pick(net.decay, o.decay, "--decay"),
-        "burn_in": _shrunk(net.burn_in, burn_in, o.burn_in, "--burn-in"),
-        "power": Setting(net.power, "cfg"),
-        "policy": Setting(net.policy, "cfg"),
-        "steps": _shrunk(list(net.steps), steps, o.steps, "--steps"),
-        "scales": pick(list(net.scales), o.scales, "--scales"),
-        "max_batches": _shrunk(net.max_batches, max_batches, None, ""),
-        "batch": pick(net.batch, o.batch, "--batch"),
-        "subdivisions": Setting(net.subdivisions, "cfg"),
-        "nesterov": Setting(bool(o.nesterov), "--nesterov") if o.nesterov else Setting(False, "default"),
-    }
+    shrunk = {"burn_in": burn_in, "steps": steps, "max_batches": max_batches}
+    s: dict[str, Setting] = {}
+    for p in HYP_PARAMS:
+        given = getattr(o, p.option) if p.flag else None
+        value = _cfg_value(net, p)
+        if p.section is None:
+            s[p.name] = Setting(given, p.flag) if given not in (None, p.default) else Setting(p.default, "default")
+        elif p.shrinks:
+            s[p.name] = _shrunk(value, shrunk[p.name], given, p.flag or "")
+        else:
+            s[p.name] = pick(value, given, p.flag or "")
     check_hyp(hyp_from(s))
     return s
 

@@ -18,7 +18,7 @@ The result is an ordinary cfg (new ``filters=``, ``groups=`` of depthwise convs,
 standard sections, Darknet and OpenCV) reads.
 
 Sparsity training: ``train.py --sparsity S [--sparsity-decay F]`` adds ``S * sign(gamma)`` to the
-gradient of the prunable BN scales (``SparsityPenalty``).
+gradient of the prunable BN scales (``SparsityPenalty``, run by the trainer callback ``SparsityTraining``).
 """
 from __future__ import annotations
 
@@ -36,9 +36,11 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from .callbacks import Callback
 from .cfg import ConfigError
 from .deploy import edit_cfg_text
 from .model import Darknet
+from .params import default
 from .pruning.graph import (
     ChannelGraph,
     Decision,
@@ -288,6 +290,34 @@ class SparsityPenalty:
 def sparsity_at(s: float, decay: float, progress: float) -> float:
     """The penalty at ``progress`` (0..1) of the run: linear from ``s`` to ``s * decay``."""
     return s * (1.0 - (1.0 - decay) * min(max(progress, 0.0), 1.0))
+
+
+class SparsityTraining(Callback):
+    """The trainer's sparsity regulariser (``train.py --sparsity S --sparsity-decay F``): before each
+    optimiser step, ``SparsityPenalty`` at ``sparsity_at`` the run's progress; rank 0 draws the
+    histogram of the penalised |gamma| after every epoch (bn_scales.png)."""
+
+    def __init__(self, s: float, decay: float = default("sparsity_decay")) -> None:
+        self.s, self.decay = s, decay
+        self.penalty: SparsityPenalty | None = None
+        self.history: list[Any] = []
+
+    def on_train_start(self, trainer: Any) -> None:
+        self.penalty = SparsityPenalty(trainer.model)
+
+    def on_before_step(self, trainer: Any) -> None:
+        assert self.penalty is not None, "on_train_start builds the penalty"
+        trainer.unscale_gradients()
+        self.penalty(sparsity_at(self.s, self.decay, trainer.state.step / trainer.plan.total_steps))
+
+    def on_epoch_end(self, trainer: Any) -> None:
+        from .plots import plot_bn_scales
+
+        if not trainer.main or self.penalty is None:
+            return
+        self.history.append(self.penalty.scales().numpy())
+        plot_bn_scales(self.history, trainer.out / "bn_scales.png",
+                       first_epoch=trainer.state.epoch + 2 - len(self.history))
 
 
 # ---------------------------------------------------------------------------------------------

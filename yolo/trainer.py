@@ -1,9 +1,11 @@
-"""Trainer: restore, fit, one epoch, end of epoch (evaluate, checkpoint, results.csv/png).
+"""Trainer: restore, fit, one epoch, end of epoch (evaluate), firing events for the callbacks.
 
 One optimiser step is one Darknet "batch": ``batch`` images through ``accumulate`` forward passes
 (split over the DDP ranks), gradients accumulated. The hyper-parameters come from ``yolo.hyp``
 (cfg -> overrides -> the run's plan); the state a resume needs is saved and restored by
 ``yolo.checkpoint``; DDP helpers are in ``yolo.distributed``. Only rank 0 evaluates and writes.
+What a run does besides training (EMA, checkpoints, results.csv/png, progress, sparsity) is a
+callback on the trainer's events (``yolo.callbacks``): ``default_callbacks`` lists them.
 """
 from __future__ import annotations
 
@@ -12,32 +14,31 @@ import csv
 import json
 import os
 import shutil
-import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, ContextManager
+from typing import Any, Callable, ContextManager, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from .augment import AugmentConfig
+from .callbacks import Callback, Callbacks, Checkpointing, EMAUpdate, Handler, Progress
 from .checkpoint import (
     TrainState,
     check_same_cfg,
     checkpoint_hyp,
     load_weights,
     restore_training_state,
-    save_checkpoint,
     training_state,
 )
 from .distributed import SkipSampler, all_reduce_mean, barrier, distributed_session, unwrap, world_size
 from .ema import ModelEMA
 from .hyp import (
     Hyp,
+    OptionFields,
     Overrides,
     RunPlan,
     Setting,
@@ -47,18 +48,19 @@ from .hyp import (
     lr_at,
     multiscale_range,
     multiscale_size,
-    parse_floats,
-    parse_ints,
+    overrides_from,
     pick,
     plan_run,
     resolve_hyp,
 )
 from .loaders import TrainDataset, collate, worker_init
 from .model import Darknet
-from .prune import SparsityPenalty, sparsity_at
+from .params import params
+from .prune import SparsityTraining
 
 RESULT_FIELDS = ["epoch", "step", "box", "obj", "cls", "total", "lr", "map", "map50", "data_wait", "time_s"]
-AUGMENT_KEYS = ("jitter", "hue", "saturation", "exposure", "angle", "mosaic", "flip")
+#: the augmentation values a flag overrides, in the order the settings table prints them
+AUGMENT_KEYS = tuple(p.option for p in params(group="augment", flagged=True))
 
 
 class TrainingError(RuntimeError):
@@ -90,8 +92,9 @@ def amp_dtype(device: torch.device, asked: bool | None) -> torch.dtype | None:
 
 
 @dataclass
-class TrainOptions:
-    """Every training option (the CLI's arguments, saved in checkpoints as ``args``).
+class TrainOptions(OptionFields):  # type: ignore[misc, valid-type]
+    """Every training option (the CLI's arguments, saved in checkpoints as ``args``): the run's
+    own below, plus one field per hyper-parameter flag of ``yolo.params`` (``OptionFields``).
     None means "not given": the cfg's value (or the run's plan) is used."""
 
     cfg: str | None = None
@@ -104,7 +107,6 @@ class TrainOptions:
     epochs: int | None = None
     max_steps: int | None = None
     batch_size: int | None = None
-    batch: int | None = None
     img_size: int | None = None
     device: str = "cpu"
     workers: int = min(4, os.cpu_count() or 1)
@@ -113,26 +115,6 @@ class TrainOptions:
     freeze: int = 0
     seed: int = 0
     sync_bn: bool = False
-    lr: float | None = None
-    momentum: float | None = None
-    decay: float | None = None
-    burn_in: int | None = None
-    steps: str | None = None  # comma-separated, as given
-    scales: str | None = None
-    nesterov: bool = False
-    jitter: float | None = None
-    hue: float | None = None
-    saturation: float | None = None
-    exposure: float | None = None
-    angle: float | None = None
-    mosaic: bool | None = None
-    flip: bool | None = None
-    multiscale: bool | None = None
-    augment: bool | None = None
-    amp: bool | None = None
-    ema_decay: float = 0.9999
-    sparsity: float = 0.0  # network slimming: L1 on the prunable BN scales (yolo.prune)
-    sparsity_decay: float = 1.0  # the penalty falls linearly to sparsity * this by the run's end
     channels_last: bool = True
     eval_interval: int = 1
     progress: bool = True
@@ -146,9 +128,7 @@ class TrainOptions:
         return cls(**{k: v for k, v in d.items() if k in known and v is not None})
 
     def overrides(self) -> Overrides:
-        return Overrides(lr=self.lr, momentum=self.momentum, decay=self.decay, burn_in=self.burn_in,
-                         steps=parse_ints(self.steps, "--steps"), scales=parse_floats(self.scales, "--scales"),
-                         batch=self.batch, nesterov=self.nesterov)
+        return overrides_from(self)
 
 
 #: options that may differ when resuming (they do not change what is computed)
@@ -258,17 +238,53 @@ def read_results(path: Path) -> list[dict[str, float]]:
             raise TrainSetupError(f"{path}: not a results.csv of this project ({e})") from None
 
 
+class ResultsLog(Callback):
+    """Rank 0: a results.csv row per epoch (losses, lr, mAP, data wait, seconds), results.png
+    redrawn from it, summary.json at the end of the run."""
+
+    def on_epoch_end(self, trainer: Trainer) -> None:
+        from .plots import plot_results
+
+        if not trainer.main:
+            return
+        state, metrics, csv_path = trainer.state, trainer.metrics, trainer.out / "results.csv"
+        append_results(csv_path, {"epoch": state.epoch + 1, "step": state.step, **trainer.epoch_logs,
+                                  "map": metrics["map"], "map50": metrics["map50"], "time_s": trainer.epoch_time()})
+        plot_results(read_results(csv_path), trainer.out / "results.png")
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        if trainer.main:
+            (trainer.out / "summary.json").write_text(json.dumps(trainer.summary, indent=1))
+
+
+def default_callbacks(opts: TrainOptions) -> list[Callback]:
+    """What every run does besides the step, in the order each event calls them: the EMA,
+    last.pt / best.pt / best.weights, results.csv/png and summary.json, the sparsity penalty
+    (``--sparsity``), printing. ``Trainer(callbacks=...)`` replaces the list (drop or add one)."""
+    extra: list[Callback] = [SparsityTraining(opts.sparsity, opts.sparsity_decay)] if opts.sparsity else []
+    return [EMAUpdate(), Checkpointing(), ResultsLog(), *extra, Progress(bars=opts.progress)]
+
+
 # ---------------------------------------------------------------------------------------------
 # the trainer
 # ---------------------------------------------------------------------------------------------
 class Trainer:
-    """One training run: built from options (and a checkpoint to resume), then ``fit()``."""
+    """One training run: built from options (and a checkpoint to resume), then ``fit()``.
+    ``callbacks``: what runs on the trainer's events (None: ``default_callbacks(opts)``); more
+    with ``add_callback``."""
 
     def __init__(self, opts: TrainOptions, device: torch.device, ckpt: dict[str, Any] | None = None,
-                 rank: int = 0, world: int = 1, say: Callable[..., None] | None = None) -> None:
+                 rank: int = 0, world: int = 1, say: Callable[..., None] | None = None,
+                 callbacks: Iterable[Any] | None = None) -> None:
         self.opts, self.device, self.rank, self.world = opts, device, rank, world
         self.main = rank == 0
         self.say = say or (print if self.main else (lambda *a, **k: None))
+        self.callbacks = Callbacks(default_callbacks(opts) if callbacks is None else callbacks)
+        # what the callbacks read besides the run's objects (see yolo.callbacks)
+        self.lr, self.n_batches, self.batch_losses = 0.0, 0, None
+        self.epoch_logs: dict[str, float] = {}
+        self.metrics: dict[str, float] = {}
+        self.improved, self.summary, self._epoch_t0, self._unscaled = False, {}, time.time(), False
         torch.manual_seed(opts.seed)
         self.model = self._build_model(ckpt)
         self.train_info, self.val_info = self._load_data()
@@ -415,7 +431,6 @@ class Trainer:
         self.optimizer = build_optimizer(model, self.hyp)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)  # bf16 needs no scaling
         self.loss_fn = YOLOLoss(model)
-        self.sparsity = SparsityPenalty(self.model) if o.sparsity else None
         state = TrainState()
         if ckpt is not None:
             state = restore_training_state(ckpt, o.resume, model, self.ema, self.optimizer, self.scaler)
@@ -427,34 +442,41 @@ class Trainer:
         self.wrapped = model  # what trains (DDP-wrapped under torchrun); self.model stays the Darknet
         return state
 
+    # --- events ------------------------------------------------------------------------------
+    def add_callback(self, event: str, fn: Handler) -> None:
+        """Call ``fn(trainer)`` on ``event`` (one of ``yolo.callbacks.EVENTS``), after those added before."""
+        self.callbacks.add_fn(event, fn)
+
+    def epoch_time(self) -> float:
+        """Seconds since the current epoch started."""
+        return time.time() - self._epoch_t0
+
+    def unscale_gradients(self) -> None:
+        """Make ``.grad`` the true gradients under fp16 loss scaling, once per step: a callback that
+        edits gradients (``on_before_step``) calls it first."""
+        if self.scaler.is_enabled() and not self._unscaled:
+            self.scaler.unscale_(self.optimizer)
+            self._unscaled = True
+
     # --- the run -----------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
-        """Train until the planned epochs / steps; saves last.pt on Ctrl-C. Returns the summary."""
+        """Train until the planned epochs / steps (``on_interrupt`` on Ctrl-C, re-raised). Returns the summary."""
         state = self.state
-        self.say(f"training {len(self.train_info.records)} images, validating on {len(self.val_info.records)}; "
-                 f"output: {self.out}")
+        self.callbacks.fire("on_train_start", self)
         try:
             while state.epoch < self.plan.epochs and state.step < self.plan.total_steps:
-                t0 = time.time()
+                self._epoch_t0 = time.time()
                 logs = self.train_one_epoch()
-                self.end_epoch(logs, t0)
+                self.end_epoch(logs)
                 state.epoch += 1
                 state.batch_in_epoch = 0
         except KeyboardInterrupt:
-            if self.main:
-                save_checkpoint(self.checkpoint(epoch_done=False), self.out / "last.pt")
-                print(f"interrupted: saved {self.out / 'last.pt'} (epoch {state.epoch + 1}, step {state.step}); "
-                      f"continue with --resume {self.out / 'last.pt'}", file=sys.stderr)
+            self.callbacks.fire("on_interrupt", self)
             raise
-        if state.skipped:
-            self.say(f"{state.skipped} training image(s) could not be loaded and were skipped")
-        summary = {"epochs": state.epoch, "steps": state.step, "best_map50": state.best_fitness,
-                   "skipped_images": state.skipped, "output": str(self.out)}
-        if self.main:
-            (self.out / "summary.json").write_text(json.dumps(summary, indent=1))
-            self.say(f"done: {state.step} steps, best mAP@.5 {state.best_fitness:.4f}; {self.out / 'last.pt'}, "
-                     f"{self.out / 'best.pt'}, {self.out / 'best.weights'}")
-        return summary
+        self.summary = {"epochs": state.epoch, "steps": state.step, "best_map50": state.best_fitness,
+                        "skipped_images": state.skipped, "output": str(self.out)}
+        self.callbacks.fire("on_train_end", self)
+        return self.summary
 
     def checkpoint(self, epoch_done: bool) -> dict[str, Any]:
         return training_state(self.wrapped, self.ema, self.optimizer, self.scaler, self.state, self.hyp, self.names,
@@ -479,12 +501,11 @@ class Trainer:
         loader = self._loader()
         set_train_mode(self.wrapped, self.opts.freeze)
         sums, count, micro, wait, busy = torch.zeros(4), 0, 0, 0.0, 0.0
-        n_batches = len(loader)
-        bar = tqdm(total=state.batch_in_epoch + n_batches, initial=state.batch_in_epoch, unit="batch",
-                   disable=not self.opts.progress or not self.main, desc=f"epoch {state.epoch + 1}",
-                   dynamic_ncols=True, leave=True)
+        n_batches = self.n_batches = len(loader)
+        self.batch_losses = None
         self.optimizer.zero_grad(set_to_none=True)
-        lr = lr_at(state.step, self.hyp)
+        lr = self.lr = lr_at(state.step, self.hyp)
+        self.callbacks.fire("on_epoch_start", self)
         t_ready = time.perf_counter()
         for n, batch in enumerate(loader):
             t_got = time.perf_counter()
@@ -498,18 +519,18 @@ class Trainer:
             if micro >= plan.accumulate or last:
                 lr = self._optimizer_step(micro)
                 micro = 0
-            bar.update(1)
             if count:
-                m = sums / count
-                bar.set_postfix_str(f"box {m[0]:.3f} obj {m[1]:.3f} cls {m[2]:.3f} lr {lr:.2e} step {state.step}")
+                self.batch_losses = sums / count
+            self.callbacks.fire("on_batch_end", self)
             t_ready = time.perf_counter()
             busy += t_ready - t_got
             if state.step >= plan.total_steps and micro == 0:
                 break
-        bar.close()
         means = all_reduce_mean(sums / max(count, 1))
-        return {"box": float(means[0]), "obj": float(means[1]), "cls": float(means[2]), "total": float(means[3]),
-                "lr": lr, "data_wait": wait / max(wait + busy, 1e-9)}
+        self.epoch_logs = {"box": float(means[0]), "obj": float(means[1]), "cls": float(means[2]),
+                           "total": float(means[3]), "lr": lr, "data_wait": wait / max(wait + busy, 1e-9)}
+        self.callbacks.fire("on_train_epoch_end", self)
+        return self.epoch_logs
 
     def _forward_backward(self, batch: dict[str, Any], sync: bool) -> torch.Tensor:
         """Loss of one minibatch, gradients accumulated (DDP syncs them on the step's last one only).
@@ -537,44 +558,40 @@ class Trainer:
         return torch.cat((parts.float().cpu(), loss.detach().float().cpu()[None]))
 
     def _optimizer_step(self, minibatches: int) -> float:
-        """One Darknet "batch": the scheduled lr, the step, the EMA. Returns the lr used."""
+        """One Darknet "batch": the scheduled lr, ``on_before_step`` (gradient regularisers), the
+        step, ``on_step_end`` (the EMA). Returns the lr used."""
         state = self.state
-        lr = lr_at(state.step, self.hyp)
+        lr = self.lr = lr_at(state.step, self.hyp)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
-        if self.sparsity is not None:
-            if self.scaler.is_enabled():
-                self.scaler.unscale_(self.optimizer)
-            self.sparsity(sparsity_at(self.opts.sparsity, self.opts.sparsity_decay, state.step / self.plan.total_steps))
+        self.callbacks.fire("on_before_step", self)
         if self.scaler.is_enabled():
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
             self.optimizer.step()
+        self._unscaled = False
         self.optimizer.zero_grad(set_to_none=True)
-        self.ema.update(self.wrapped)
         state.step += 1
         state.batch_in_epoch += minibatches
         self.model.seen = state.seen
+        self.callbacks.fire("on_step_end", self)
         return lr
 
-    def end_epoch(self, logs: dict[str, float], t0: float) -> None:
-        """Rank 0: evaluate the EMA model (every ``eval_interval`` epochs and after the last), save
-        last.pt (and best.pt / best.weights when mAP@.5 improved), append results.csv, redraw
-        results.png. Every rank waits for it."""
-        if self.main:
-            state = self.state
-            metrics = self._evaluate() if self._eval_due() else {"map": float("nan"), "map50": float("nan")}
-            fitness = metrics["map50"]
-            improved = fitness == fitness and fitness > state.best_fitness
-            if improved:
-                state.best_fitness = fitness
-            ckpt = self.checkpoint(epoch_done=True)
-            save_checkpoint(ckpt, self.out / "last.pt")
-            if improved:
-                save_checkpoint(ckpt, self.out / "best.pt")
-                self.ema.module.save_darknet_weights(self.out / "best.weights")
-            self._log(logs, metrics, time.time() - t0)
+    def end_epoch(self, logs: dict[str, float]) -> None:
+        """Rank 0 evaluates the EMA model (every ``eval_interval`` epochs and after the last) and keeps
+        the best mAP@.5; then ``on_epoch_end`` (checkpoints, results, printing). Every rank waits
+        for rank 0."""
+        state = self.state
+        self.epoch_logs, self.metrics, self.improved = logs, {"map": float("nan"), "map50": float("nan")}, False
+        if self.main and self._eval_due():
+            self.metrics = self._evaluate()
+            self.callbacks.fire("on_eval_end", self)
+        fitness = self.metrics["map50"]
+        self.improved = fitness == fitness and fitness > state.best_fitness
+        if self.improved:
+            state.best_fitness = fitness
+        self.callbacks.fire("on_epoch_end", self)
         barrier()
 
     def _eval_due(self) -> bool:
@@ -588,26 +605,6 @@ class Trainer:
             warnings.simplefilter("ignore")
             return evaluate(self.ema.module, self.val_info, img_size=self.img_size, batch_size=self.plan.minibatch,
                             workers=self.opts.workers, device=self.device, verbose=False)
-
-    def _log(self, logs: dict[str, float], metrics: dict[str, float], seconds: float) -> None:
-        from .plots import plot_results
-
-        state = self.state
-        csv_path = self.out / "results.csv"
-        append_results(csv_path, {"epoch": state.epoch + 1, "step": state.step, **logs, "map": metrics["map"],
-                                  "map50": metrics["map50"], "time_s": seconds})
-        plot_results(read_results(csv_path), self.out / "results.png")
-        if self.sparsity is not None:
-            from .plots import plot_bn_scales
-            self.bn_scales = [*getattr(self, "bn_scales", []), self.sparsity.scales().numpy()]
-            plot_bn_scales(self.bn_scales, self.out / "bn_scales.png",
-                           first_epoch=state.epoch + 2 - len(self.bn_scales))
-        scored = (f"mAP@.5 {metrics['map50']:.4f} mAP {metrics['map']:.4f}" if metrics["map50"] == metrics["map50"]
-                  else "not evaluated (--eval-interval)")
-        self.say(f"epoch {state.epoch + 1}/{self.plan.epochs}: loss {logs['total']:.3f} (box {logs['box']:.3f} "
-                 f"obj {logs['obj']:.3f} cls {logs['cls']:.3f}) lr {logs['lr']:.3g} {scored}  data wait "
-                 f"{100 * logs['data_wait']:.0f}%  {seconds:.0f}s")
-
 
 def train(opts: TrainOptions, device: torch.device, ckpt: dict[str, Any] | None = None) -> dict[str, Any]:
     """A whole run, under DDP when started by torchrun: set up, fit, leave the process group."""

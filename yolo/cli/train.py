@@ -15,8 +15,19 @@ from typing import Any, Sequence
 from ..checkpoint import load_training_checkpoint
 from ..datasets import DataError
 from ..hyp import HypError
+from ..params import Param, params
 from ..trainer import TrainingError, TrainOptions, TrainSetupError, resume_options, train
 from .common import ArgumentParser, UserError, increment_dir, parse_device, user_errors
+
+
+def add_flag(group: Any, param: Param) -> None:
+    """The command-line option of a declared hyper-parameter (``yolo.params``): its flag, type and
+    help; a list is given comma-separated, a bool as --x / --no-x (or --x alone)."""
+    if param.type is bool:
+        action: Any = argparse.BooleanOptionalAction if param.negatable else "store_true"
+        group.add_argument(param.flag, action=action, default=None, help=param.cli_help())
+    else:
+        group.add_argument(param.flag, type=str if param.is_list else param.type, help=param.cli_help())
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -33,8 +44,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="epochs to train (default: enough for [net] max_batches)")
     p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps (smoke runs)")
     p.add_argument("--batch-size", type=int, help="images per forward pass (default: [net] batch/subdivisions)")
-    p.add_argument("--batch", type=int, help="images per optimiser step, gradients accumulated "
-                                             "(default: [net] batch)")
     p.add_argument("--img-size", type=int, help="training and validation size (default: [net] width)")
     p.add_argument("--device", help="cpu, cuda, cuda:N or N (default cpu)")
     p.add_argument("--workers", type=int, help="data loader processes (0: load in the main process)")
@@ -44,34 +53,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="random seed (shuffling, augmentation, multi-scale), default 0")
     p.add_argument("--sync-bn", action="store_true", default=None, help="SyncBatchNorm under DDP")
     g = p.add_argument_group("hyper-parameter overrides (default: the cfg's values)")
-    g.add_argument("--lr", type=float, help="[net] learning_rate")
-    g.add_argument("--momentum", type=float, help="[net] momentum")
-    g.add_argument("--decay", type=float, help="[net] decay (weight decay of conv weights)")
-    g.add_argument("--burn-in", type=int, help="[net] burn_in, warm-up steps (lr * (i/burn_in)^power); "
-                                               "default: the cfg's, shrunk to the run's length")
-    g.add_argument("--steps", help="[net] steps, comma-separated optimiser steps (default: the cfg's, "
-                                   "shrunk to the run's length)")
-    g.add_argument("--scales", help="[net] scales, comma-separated")
-    g.add_argument("--nesterov", action="store_true", default=None, help="Nesterov momentum")
-    g.add_argument("--jitter", type=float, help="[yolo] jitter (random crop/scale/translate)")
-    g.add_argument("--hue", type=float, help="[net] hue")
-    g.add_argument("--saturation", type=float, help="[net] saturation")
-    g.add_argument("--exposure", type=float, help="[net] exposure")
-    g.add_argument("--angle", type=float, help="[net] angle (rotation, degrees)")
-    g.add_argument("--mosaic", action=argparse.BooleanOptionalAction, help="[net] mosaic")
-    g.add_argument("--flip", action=argparse.BooleanOptionalAction, help="[net] flip")
-    g.add_argument("--multiscale", action=argparse.BooleanOptionalAction,
-                   help="[yolo] random: a new input size every 10 steps (range scaled to --img-size)")
-    g.add_argument("--augment", action=argparse.BooleanOptionalAction,
-                   help="all augmentation (default on); --no-augment trains on plain resized images")
-    g.add_argument("--amp", action=argparse.BooleanOptionalAction,
-                   help="mixed precision (default: on CUDA): bf16 autocast on CPUs with AVX-512 BF16 / AMX "
-                        "and on CUDA 8.0+ GPUs, fp16 + loss scaling on older GPUs")
-    g.add_argument("--ema-decay", type=float, help="EMA decay (default 0.9999, ramped up)")
-    g.add_argument("--sparsity", type=float, help="network slimming: add S * sign(gamma) to the gradients of the "
-                                              "prunable BN scales (then python -m yolo.prune); default 0")
-    g.add_argument("--sparsity-decay", type=float, help="the --sparsity penalty falls linearly to S * this by the "
-                                                    "end of the run (default 1: constant)")
+    for param in params(flagged=True):
+        add_flag(g, param)
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
                    help="NHWC memory layout (default on: about 1.3x faster training on CPU)")
     p.add_argument("--eval-interval", type=int, help="evaluate every N epochs (and after the last), default 1")

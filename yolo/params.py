@@ -1,0 +1,132 @@
+"""Every training hyper-parameter declared once: name, type, Darknet default, cfg key, flag, help.
+
+``NetConfig``'s training fields, ``Hyp``, ``Overrides``, ``TrainOptions``' override fields,
+``resolve_hyp`` and the train command's flags are all derived from ``PARAMS``; adding a
+hyper-parameter is one ``Param`` here (plus the code that uses its value). This module imports
+nothing of the project, so that ``netconfig`` (read by inference) and ``hyp`` (training) can
+both derive from it without an import cycle.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+#: Darknet's lr policies ([net] policy); the trainer implements a subset (``hyp.SUPPORTED_POLICIES``)
+POLICIES = ("constant", "steps", "step", "exp", "poly", "sigmoid", "random", "sgdr")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One hyper-parameter. ``section``: where the cfg holds it ("net": a ``NetConfig`` field with
+    ``default`` as Darknet's default; "yolo": a head setting, its default is the head's; None: not
+    in the cfg, ``default`` is ours). ``group``: "hyp" (a ``Hyp`` field: schedule and optimiser),
+    "augment" (image augmentation) or "run" (other training behaviour). ``flag``: the train
+    command's override (None: the cfg's value only). ``shrinks``: fitted to a run shorter than
+    the cfg's ``max_batches`` (``hyp.shrink_schedule``)."""
+
+    name: str
+    type: Any
+    default: Any
+    section: str | None
+    flag: str | None
+    help: str = ""
+    group: str = "hyp"
+    cfg_key: str | None = None  # defaults to ``name`` when ``section`` is set
+    shrinks: bool = False
+    choices: tuple[str, ...] = ()
+    negatable: bool = True  # a bool flag with a --no- form (else store_true)
+
+    @property
+    def key(self) -> str | None:
+        """The cfg key (None: not in the cfg)."""
+        return (self.cfg_key or self.name) if self.section else None
+
+    @property
+    def option(self) -> str | None:
+        """The ``TrainOptions`` / ``Overrides`` field name of the flag ("--burn-in" -> "burn_in")."""
+        return self.flag[2:].replace("-", "_") if self.flag else None
+
+    @property
+    def is_list(self) -> bool:
+        return self.type in (list[int], list[float])
+
+    def default_field(self) -> Any:
+        """A dataclass field holding the declared default (lists copied per instance)."""
+        if isinstance(self.default, (list, tuple)):
+            return field(default_factory=lambda d=tuple(self.default): list(d))
+        return field(default=self.default)
+
+    def cli_help(self) -> str:
+        """The flag's help: where the cfg holds it, what it does, its default when not the cfg's."""
+        where = f"[{self.section}] {self.key}" if self.section else ""
+        text = ": ".join(t for t in (where, self.help) if t)
+        if self.shrinks:
+            text += "; default: the cfg's, shrunk to the run's length"
+        elif self.section is None and self.default is not None and self.type is not bool:
+            text += f"; default {self.default:g}"
+        return text
+
+
+_NET, _YOLO = "net", "yolo"
+PARAMS: tuple[Param, ...] = (
+    # schedule and optimiser: the fields of Hyp, in the order the trainer prints them
+    Param("learning_rate", float, 0.001, _NET, "--lr"),
+    Param("momentum", float, 0.9, _NET, "--momentum"),
+    Param("decay", float, 0.0005, _NET, "--decay", "weight decay of conv weights"),
+    Param("burn_in", int, 0, _NET, "--burn-in", "warm-up steps (lr * (i/burn_in)^power)", shrinks=True),
+    Param("power", float, 4.0, _NET, None, "burn-in exponent"),
+    Param("policy", str, "constant", _NET, None, "lr policy", choices=POLICIES),
+    Param("steps", list[int], (), _NET, "--steps", "comma-separated optimiser steps", shrinks=True),
+    Param("scales", list[float], (), _NET, "--scales", "comma-separated"),
+    Param("max_batches", int, 0, _NET, None, "optimiser steps of the run", shrinks=True),
+    Param("batch", int, 1, _NET, "--batch", "images per optimiser step, gradients accumulated"),
+    Param("subdivisions", int, 1, _NET, None, "forward passes per optimiser step"),
+    Param("nesterov", bool, False, None, "--nesterov", "Nesterov momentum", negatable=False),
+    # augmentation, in the order the trainer prints them
+    Param("jitter", float, None, _YOLO, "--jitter", "random crop/scale/translate", group="augment"),
+    Param("hue", float, 0.0, _NET, "--hue", group="augment"),
+    Param("saturation", float, 1.0, _NET, "--saturation", group="augment"),
+    Param("exposure", float, 1.0, _NET, "--exposure", group="augment"),
+    Param("angle", float, 0.0, _NET, "--angle", "rotation, degrees", group="augment"),
+    Param("mosaic", bool, False, _NET, "--mosaic", group="augment"),
+    Param("flip", bool, True, _NET, "--flip", group="augment"),
+    Param("letter_box", bool, False, _NET, None, group="augment"),
+    # other training behaviour
+    Param("multiscale", bool, None, _YOLO, "--multiscale", "a new input size every 10 steps (range scaled to "
+          "--img-size)", group="run", cfg_key="random"),
+    Param("augment", bool, None, None, "--augment", "all augmentation (default on); --no-augment trains on plain "
+          "resized images", group="run"),
+    Param("amp", bool, None, None, "--amp", "mixed precision (default: on CUDA): bf16 autocast on CPUs with AVX-512 "
+          "BF16 / AMX and on CUDA 8.0+ GPUs, fp16 + loss scaling on older GPUs", group="run"),
+    Param("ema_decay", float, 0.9999, None, "--ema-decay", "EMA decay, ramped up", group="run"),
+    Param("sparsity", float, 0.0, None, "--sparsity", "network slimming: add S * sign(gamma) to the gradients of "
+          "the prunable BN scales (then python -m yolo.prune)", group="run"),
+    Param("sparsity_decay", float, 1.0, None, "--sparsity-decay", "the --sparsity penalty falls linearly to S * "
+          "this by the end of the run (1: constant)", group="run"),
+)
+
+BY_NAME: dict[str, Param] = {p.name: p for p in PARAMS}
+
+
+_ANY: Any = object()
+
+
+def params(*, section: str | None = _ANY, group: str | None = None,
+           flagged: bool | None = None) -> tuple[Param, ...]:
+    """The declared params with that section / group / having a flag (each filter optional)."""
+    return tuple(p for p in PARAMS
+                 if (section is _ANY or p.section == section) and (group is None or p.group == group)
+                 and (flagged is None or (p.flag is not None) == flagged))
+
+
+def make_fields(name: str, chosen: Iterable[Param], spec: Callable[[Param], tuple[str, Any, Any]],
+                frozen: bool = False) -> type:
+    """A dataclass with one field per param, ``spec(p) -> (field name, type, dataclasses.field)``;
+    the classes that derive from the table subclass it (their methods stay readable code)."""
+    return dataclasses.make_dataclass(name, [spec(p) for p in chosen], frozen=frozen)
+
+
+def default(name: str) -> Any:
+    """A param's declared default (e.g. ``ModelEMA``'s decay)."""
+    return BY_NAME[name].default
