@@ -14,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..assets import COCO_NAMES
 from ..io import imread, read_names
 
 # COCO's 80 category ids in ascending order: class index i of coco.names <-> COCO_IDS[i].
@@ -21,7 +22,7 @@ COCO_IDS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 2
             27, 28, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51,
             52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 67, 70, 72, 73, 74, 75, 76, 77,
             78, 79, 80, 81, 82, 84, 85, 86, 87, 88, 89, 90]
-_COCO_NAMES_FILE = Path(__file__).resolve().parents[2] / "data" / "coco.names"
+_COCO_NAMES_FILE = COCO_NAMES  # the shipped coco.names (package data)
 
 
 class DataError(ValueError):
