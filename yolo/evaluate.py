@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .backends import Backend, ModelInfo
+from .backends import NMS_KEYS, Backend, ModelInfo
 from .backends.pytorch import TorchBackend
 from .boxes import Geometry, box_convert, denormalize_boxes, postprocess
 from .darknet_map import POINTS, darknet_letterbox_placement, darknet_map, darknet_nms, darknet_resize
@@ -303,13 +303,14 @@ def evaluate(model: torch.nn.Module | Backend, info: DatasetInfo, img_size: int 
 def _nms(minfo: ModelInfo, darknet: bool, conf_thres: float, nms_thres: float, max_det: int,
          size_hw: tuple[int, int]) -> Callable[[torch.Tensor], list[np.ndarray]]:
     """The post-processing of one batch: ours (``boxes.postprocess``, per-class NMS, at most
-    ``max_det``), or Darknet's own NMS kind read from its last [yolo], uncapped unless max_det > 0."""
+    ``max_det``), or Darknet's own NMS kind read from its last head (``ModelInfo.extra``: the head's
+    ``nms_settings()``), uncapped unless max_det > 0."""
     if not darknet:
         return lambda pred: postprocess(pred, conf_thres, nms_thres, max_det if max_det > 0 else None)
-    kind, beta = minfo.extra.get("nms_kind", "default"), minfo.extra.get("beta_nms", 0.6)
+    head_nms = {k: minfo.extra[k] for k in NMS_KEYS if k in minfo.extra}  # absent: darknet_nms's plain IoU NMS
 
     def nms(pred: torch.Tensor) -> list[np.ndarray]:
-        outs = [darknet_nms(p, conf_thres, nms_thres, kind, beta, (size_hw[1], size_hw[0]))
+        outs = [darknet_nms(p, conf_thres, nms_thres, input_wh=(size_hw[1], size_hw[0]), **head_nms)
                 for p in pred.detach().float().cpu().numpy()]
         return [o[np.argsort(-o[:, 4], kind="stable")[:max_det]] for o in outs] if max_det > 0 else outs
     return nms
