@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from ..assets import COCO_NAMES
+from ..errors import YoloError
 from ..io import imread, read_names
 
 # COCO's 80 category ids in ascending order: class index i of coco.names <-> COCO_IDS[i].
@@ -25,8 +26,9 @@ COCO_IDS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 2
 _COCO_NAMES_FILE = COCO_NAMES  # the shipped coco.names (package data)
 
 
-class DataError(ValueError):
-    """A dataset description that cannot be used at all (the message names file and key)."""
+class DataError(YoloError):
+    """A dataset description that cannot be used at all (the message names file and key); exit code 2
+    in every CLI through :mod:`yolo.cli.common`'s table."""
 
 
 class DataWarning(UserWarning):
