@@ -26,6 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .boxes import wh_iou
 from .cli.common import ArgumentParser, add_img_size_arg, parse_img_size, user_errors
 from .errors import YoloError
 
@@ -34,14 +35,6 @@ PROGRESS_MIN_BOXES = 20000  # show a progress bar from this many boxes on
 
 class AnchorError(YoloError):
     """Input that k-means cannot work on (no boxes, fewer boxes than anchors, bad sizes)."""
-
-
-def wh_iou(boxes: np.ndarray, anchors: np.ndarray) -> np.ndarray:
-    """IoU of (w, h) boxes [N, 2] with anchors [K, 2], centred together -> [N, K]."""
-    bw, bh = boxes[:, 0:1], boxes[:, 1:2]
-    aw, ah = anchors[None, :, 0], anchors[None, :, 1]
-    inter = np.minimum(bw, aw) * np.minimum(bh, ah)
-    return inter / (bw * bh + aw * ah - inter)
 
 
 def avg_iou(boxes: np.ndarray, anchors: np.ndarray) -> float:
@@ -73,12 +66,9 @@ def _lloyd(boxes: np.ndarray, centres: np.ndarray, max_iter: int, tol: float = 1
     assignment is stable or no centre moves by ``tol`` (input pixels) or more."""
     k = len(centres)
     assign = None
-    bw, bh = boxes[:, 0:1].astype(np.float32), boxes[:, 1:2].astype(np.float32)
-    area = bw * bh
+    boxes32 = boxes.astype(np.float32)  # float32: k-means on millions of boxes
     for _ in range(max_iter):
-        cw, ch = centres[None, :, 0].astype(np.float32), centres[None, :, 1].astype(np.float32)
-        inter = np.minimum(bw, cw) * np.minimum(bh, ch)
-        iou = inter / (area + cw * ch - inter)  # wh_iou, float32 with the box areas kept
+        iou = wh_iou(boxes32, centres.astype(np.float32))
         new = iou.argmax(1)
         if assign is not None and np.array_equal(new, assign):
             break

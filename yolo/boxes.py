@@ -5,6 +5,7 @@ otherwise; :func:`box_convert` is the one conversion between xyxy, xywh (COCO) a
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
@@ -127,14 +128,94 @@ def clip_boxes(b: Array, width: float, height: float) -> Array:
     return b
 
 
-def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """IoU matrix ``Tensor[N, M]`` of x1y1x2y2 boxes a ``[N, 4]`` and b ``[M, 4]``."""
-    area_a = (a[:, 2] - a[:, 0]).clamp(min=0) * (a[:, 3] - a[:, 1]).clamp(min=0)
-    area_b = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
-    lt = torch.max(a[:, None, :2], b[None, :, :2])
-    rb = torch.min(a[:, None, 2:], b[None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(2)
-    return inter / (area_a[:, None] + area_b[None, :] - inter).clamp(min=1e-9)
+# ---------------------------------------------------------------------------------------------
+# IoU: every overlap the project computes (matching, NMS, the box loss, anchors) is one of these
+# ---------------------------------------------------------------------------------------------
+def box_iou(a: Array, b: Array) -> Array:
+    """IoU matrix ``[N, M]`` of x1y1x2y2 boxes a ``[N, 4]`` and b ``[M, 4]``.
+
+    A tensor in: computed in its dtype, the union clamped at 1e-9 (the loss, detect). An array in:
+    float64, 0 where the union is empty (Darknet's ``detector map`` matching)."""
+    if isinstance(a, torch.Tensor):
+        area_a = (a[:, 2] - a[:, 0]).clamp(min=0) * (a[:, 3] - a[:, 1]).clamp(min=0)
+        area_b = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
+        lt = torch.max(a[:, None, :2], b[None, :, :2])
+        rb = torch.min(a[:, None, 2:], b[None, :, 2:])
+        inter = (rb - lt).clamp(min=0).prod(2)
+        return inter / (area_a[:, None] + area_b[None, :] - inter).clamp(min=1e-9)
+    a = np.asarray(a, np.float64).reshape(-1, 4)
+    b = np.asarray(b, np.float64).reshape(-1, 4)
+    iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
+    ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
+    inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = area_a[:, None] + area_b[None, :] - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union > 0, inter / union, 0.0)
+
+
+IOU_KINDS = ("iou", "giou", "diou", "ciou")
+
+
+def paired_iou(a: torch.Tensor, b: torch.Tensor, kind: str = "iou", eps: float = 1e-9) -> torch.Tensor:
+    """Element-wise IoU / GIoU / DIoU / CIoU ``Tensor[N]`` of paired boxes ``Tensor[N, 4]`` given as
+    cx, cy, w, h (the box loss; ``kind`` is ``[yolo] iou_loss``, ``mse`` meaning plain IoU)."""
+    a1, a2 = a[:, :2] - a[:, 2:] / 2, a[:, :2] + a[:, 2:] / 2
+    b1, b2 = b[:, :2] - b[:, 2:] / 2, b[:, :2] + b[:, 2:] / 2
+    inter = (torch.min(a2, b2) - torch.max(a1, b1)).clamp(min=0).prod(1)
+    union = a[:, 2] * a[:, 3] + b[:, 2] * b[:, 3] - inter + eps
+    iou = inter / union
+    if kind in ("iou", "mse"):
+        return iou
+    hull_wh = torch.max(a2, b2) - torch.min(a1, b1)
+    if kind == "giou":
+        hull = hull_wh.prod(1) + eps
+        return iou - (hull - union) / hull
+    c2 = hull_wh.square().sum(1) + eps  # squared diagonal of the enclosing box
+    rho2 = (a[:, :2] - b[:, :2]).square().sum(1)  # squared distance of the centres
+    if kind == "diou":
+        return iou - rho2 / c2
+    v = (4 / math.pi ** 2) * (torch.atan(b[:, 2] / (b[:, 3] + eps)) - torch.atan(a[:, 2] / (a[:, 3] + eps))).square()
+    with torch.no_grad():
+        alpha = v / (v - iou + 1 + eps)
+    return iou - (rho2 / c2 + v * alpha)
+
+
+def wh_iou(wh1: Array, wh2: Array) -> Array:
+    """IoU matrix ``[N, M]`` of boxes sharing a centre, given widths/heights ``[N, 2]``, ``[M, 2]``
+    (anchor matching, ``calc_anchors``). A tensor in: the union clamped at 1e-9; an array in: as
+    given (callers pass positive sizes), in its dtype."""
+    if isinstance(wh1, torch.Tensor):
+        inter = torch.min(wh1[:, None], wh2[None]).prod(2)
+        return inter / (wh1.prod(1)[:, None] + wh2.prod(1)[None] - inter).clamp(min=1e-9)
+    bw, bh = wh1[:, 0:1], wh1[:, 1:2]
+    aw, ah = wh2[None, :, 0], wh2[None, :, 1]
+    inter = np.minimum(bw, aw) * np.minimum(bh, ah)
+    return inter / (bw * bh + aw * ah - inter)
+
+
+def darknet_overlap(a: np.ndarray, b: np.ndarray, kind: str, beta_nms: float | None) -> np.ndarray:
+    """Darknet's NMS overlap of box ``a`` (4,) with boxes ``b`` (M, 4), all cx, cy, w, h (relative):
+    IoU (``box_iou``), or for ``greedynms`` IoU - (d^2/c^2)^0.6 (``box_diou``) and for ``diounms``
+    IoU - (d^2/c^2)^beta_nms (``box_diounms``); d = centre distance, c = enclosing diagonal. Areas
+    are w * h, as Darknet computes them (not from the corners), so its figures are matched."""
+    al, ar, at, ab = a[0] - a[2] / 2, a[0] + a[2] / 2, a[1] - a[3] / 2, a[1] + a[3] / 2
+    bl, br, bt, bb = b[:, 0] - b[:, 2] / 2, b[:, 0] + b[:, 2] / 2, b[:, 1] - b[:, 3] / 2, b[:, 1] + b[:, 3] / 2
+    iw = np.minimum(ar, br) - np.maximum(al, bl)
+    ih = np.minimum(ab, bb) - np.maximum(at, bt)
+    inter = np.where((iw > 0) & (ih > 0), iw * ih, 0.0)
+    union = a[2] * a[3] + b[:, 2] * b[:, 3] - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = np.where((inter > 0) & (union > 0), inter / union, 0.0)
+        if kind not in ("greedynms", "diounms"):
+            return iou
+        cw = np.maximum(ar, br) - np.minimum(al, bl)
+        ch = np.maximum(ab, bb) - np.minimum(at, bt)
+        c = cw * cw + ch * ch
+        d = (a[0] - b[:, 0]) ** 2 + (a[1] - b[:, 1]) ** 2
+        term = np.power(np.where(c > 0, d / c, 0.0), 0.6 if kind == "greedynms" else beta_nms)
+    return np.where(c > 0, iou - term, iou)
 
 
 MAX_CANDIDATES = 5000  # per image, highest scores first: OpenCV's NMS costs candidates x kept

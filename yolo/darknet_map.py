@@ -37,22 +37,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .boxes import box_iou, darknet_overlap
+
 POINTS = (101, 11, 0)
 
 
-def box_iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every x1y1x2y2 box in ``a`` (N, 4) with every box in ``b`` (M, 4) -> (N, M)."""
-    a = np.asarray(a, np.float64).reshape(-1, 4)
-    b = np.asarray(b, np.float64).reshape(-1, 4)
-    iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
-    ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
-    inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = np.where(union > 0, inter / union, 0.0)
-    return iou
+box_iou_matrix = box_iou  # the name this module's callers know: IoU of every x1y1x2y2 box pair (N, M)
 
 
 def darknet_resize(img: np.ndarray, w: int, h: int) -> np.ndarray:
@@ -101,28 +91,6 @@ def darknet_letterbox_placement(src_wh: tuple[int, int], dst_wh: tuple[int, int]
     return nw, nh, (w - nw) / 2.0, (h - nh) / 2.0
 
 
-def _pairwise(a: np.ndarray, b: np.ndarray, kind: str, beta_nms: float | None) -> np.ndarray:
-    """Darknet's overlap of box ``a`` (4,) with boxes ``b`` (M, 4), all cx, cy, w, h (relative):
-    IoU, or for ``greedynms`` IoU - (d^2/c^2)^0.6 (``box_diou``) and for ``diounms``
-    IoU - (d^2/c^2)^beta_nms (``box_diounms``); d = centre distance, c = enclosing diagonal."""
-    al, ar, at, ab = a[0] - a[2] / 2, a[0] + a[2] / 2, a[1] - a[3] / 2, a[1] + a[3] / 2
-    bl, br, bt, bb = b[:, 0] - b[:, 2] / 2, b[:, 0] + b[:, 2] / 2, b[:, 1] - b[:, 3] / 2, b[:, 1] + b[:, 3] / 2
-    iw = np.minimum(ar, br) - np.maximum(al, bl)
-    ih = np.minimum(ab, bb) - np.maximum(at, bt)
-    inter = np.where((iw > 0) & (ih > 0), iw * ih, 0.0)
-    union = a[2] * a[3] + b[:, 2] * b[:, 3] - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = np.where((inter > 0) & (union > 0), inter / union, 0.0)
-        if kind not in ("greedynms", "diounms"):
-            return iou
-        cw = np.maximum(ar, br) - np.minimum(al, bl)
-        ch = np.maximum(ab, bb) - np.minimum(at, bt)
-        c = cw * cw + ch * ch
-        d = (a[0] - b[:, 0]) ** 2 + (a[1] - b[:, 1]) ** 2
-        term = np.power(np.where(c > 0, d / c, 0.0), 0.6 if kind == "greedynms" else beta_nms)
-    return np.where(c > 0, iou - term, iou)
-
-
 def darknet_nms(pred: np.ndarray, conf_thres: float = 0.005, nms_thres: float = 0.45,
                 nms_kind: str = "default", beta_nms: float | None = None,
                 input_wh: tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
@@ -166,7 +134,7 @@ def darknet_nms(pred: np.ndarray, conf_thres: float = 0.005, nms_thres: float = 
             if not alive[n]:
                 continue
             later = idx[n + 1:]
-            alive[n + 1:] &= ~(_pairwise(rel[idx[n]], rel[later], nms_kind, beta_nms) > nms_thres)
+            alive[n + 1:] &= ~(darknet_overlap(rel[idx[n]], rel[later], nms_kind, beta_nms) > nms_thres)
         probs[idx[~alive], k] = 0
     box_i, cls_i = np.nonzero(probs)  # row-major: box order, then class order
     out = np.empty((len(box_i), 6), np.float32)

@@ -3,43 +3,16 @@
 Each head type owns its targets and loss (:meth:`yolo.heads.Head.make_loss`; [yolo]'s, Darknet's
 assignment and deltas, is :mod:`yolo.heads.yolo_loss`). Darknet sums the deltas of a batch and
 divides the update by the batch size: the loss here is the sum over predictions, divided by the
-number of images. The box-overlap helpers the losses share live here too.
+number of images. The box overlaps the losses use are :mod:`yolo.boxes`' (re-exported here).
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
 
-
-def bbox_iou_kind(a: torch.Tensor, b: torch.Tensor, kind: str = "iou", eps: float = 1e-9) -> torch.Tensor:
-    """Element-wise IoU / GIoU / DIoU / CIoU of paired boxes ``Tensor[N, 4]`` given as cx, cy, w, h."""
-    a1, a2 = a[:, :2] - a[:, 2:] / 2, a[:, :2] + a[:, 2:] / 2
-    b1, b2 = b[:, :2] - b[:, 2:] / 2, b[:, :2] + b[:, 2:] / 2
-    inter = (torch.min(a2, b2) - torch.max(a1, b1)).clamp(min=0).prod(1)
-    union = a[:, 2] * a[:, 3] + b[:, 2] * b[:, 3] - inter + eps
-    iou = inter / union
-    if kind in ("iou", "mse"):
-        return iou
-    hull_wh = torch.max(a2, b2) - torch.min(a1, b1)
-    if kind == "giou":
-        hull = hull_wh.prod(1) + eps
-        return iou - (hull - union) / hull
-    c2 = hull_wh.square().sum(1) + eps  # squared diagonal of the enclosing box
-    rho2 = (a[:, :2] - b[:, :2]).square().sum(1)  # squared distance of the centres
-    if kind == "diou":
-        return iou - rho2 / c2
-    v = (4 / math.pi ** 2) * (torch.atan(b[:, 2] / (b[:, 3] + eps)) - torch.atan(a[:, 2] / (a[:, 3] + eps))).square()
-    with torch.no_grad():
-        alpha = v / (v - iou + 1 + eps)
-    return iou - (rho2 / c2 + v * alpha)
-
-
-def wh_iou(wh1: torch.Tensor, wh2: torch.Tensor) -> torch.Tensor:
-    """IoU matrix ``[N, M]`` of boxes sharing a centre, given widths/heights ``[N, 2]``, ``[M, 2]``."""
-    inter = torch.min(wh1[:, None], wh2[None]).prod(2)
-    return inter / (wh1.prod(1)[:, None] + wh2.prod(1)[None] - inter).clamp(min=1e-9)
+from .boxes import paired_iou as bbox_iou_kind  # noqa: F401  (the losses' name for it)
+from .boxes import wh_iou  # noqa: F401  (re-exported: heads/yolo_loss, tests)
 
 
 class YOLOLoss:
