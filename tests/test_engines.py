@@ -105,3 +105,17 @@ def test_img_size_errors():
         parse_img_size([[1], [2], [3]])
     with pytest.raises(UserError, match="must be positive"):
         parse_img_size([0, 320])
+
+
+def test_the_shipped_cfg_is_implied_only_for_engines_that_need_one(fake_engine):
+    from yolo.assets import DEFAULT_CFG
+    from yolo.cli.common import engine_args
+
+    def cfg_for(weights: str) -> str | None:
+        args = argparse.Namespace(cfg=None, weights=weights, backend=None, precision=None, half=False)
+        return engine_args(args)["cfg"]
+
+    assert cfg_for("m.weights") == cfg_for("last.pt") == str(DEFAULT_CFG)
+    assert cfg_for("m.onnx") is None
+    fake_engine.needs_cfg = False
+    assert cfg_for("m.fake") is None

@@ -4,7 +4,8 @@ functions; inference code never reaches the training modules.
 The graph is read from the source with ``ast`` (every ``import`` and ``from ... import``, at the
 top and inside functions, relative ones resolved); what runs only under ``if TYPE_CHECKING:``
 or ``if __name__ == "__main__":`` (annotations; a tool's script entry) is not an import of the
-library.
+library; the imports made by name (the engine registry's modules, ``yolo``'s lazy attributes,
+the ``darknet-yolo`` tools) are added to the graph.
 """
 from __future__ import annotations
 
@@ -82,6 +83,28 @@ def import_graph(root: Path = PACKAGE) -> dict[str, set[str]]:
     return graph
 
 
+def _literal(path: Path, name: str) -> object:
+    """The value of a module-level ``name = <literal>`` (a tuple or dict of names) in ``path``."""
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        targets = node.targets if isinstance(node, ast.Assign) else []
+        targets = [node.target] if isinstance(node, ast.AnnAssign) else targets
+        if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"{path}: no literal {name}")
+
+
+def with_dynamic_imports(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """``graph`` plus the imports made by name at run time: the engine modules the registry loads
+    (``yolo.backends.ENGINE_MODULES``), the lazy attributes of ``yolo`` and the tools of the
+    ``darknet-yolo`` dispatcher."""
+    graph = {k: set(v) for k, v in graph.items()}
+    graph["yolo.backends"] |= {f"yolo.backends.{m}" for m in _literal(PACKAGE / "backends" / "__init__.py",
+                                                                       "ENGINE_MODULES")}
+    graph["yolo"] |= {f"yolo.{m}" for m in _literal(PACKAGE / "__init__.py", "_LAZY").values()}
+    graph["yolo.cli.main"] |= {m for m, _ in _literal(PACKAGE / "cli" / "main.py", "TOOLS").values()}
+    return graph
+
+
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     """One import cycle (as a path a -> ... -> a), or None."""
     state: dict[str, int] = {}  # 1: on the stack, 2: done
@@ -156,13 +179,19 @@ def test_the_graph_sees_function_level_and_relative_imports(tmp_path):
 
 
 def test_no_import_cycle():
-    cycle = find_cycle(import_graph())
+    cycle = find_cycle(with_dynamic_imports(import_graph()))
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_dynamic_imports_are_seen():
+    graph = with_dynamic_imports(import_graph())
+    assert {"yolo.backends.pytorch", "yolo.backends.ort"} <= graph["yolo.backends"]
+    assert {"yolo.model", "yolo.detector"} <= graph["yolo"] and "yolo.cli.train" in graph["yolo.cli.main"]
 
 
 @pytest.mark.parametrize("module", INFERENCE)
 def test_inference_does_not_import_training_modules(module):
-    graph = import_graph()
+    graph = with_dynamic_imports(import_graph())
     parents = reach(graph, module)
     bad = [path_to(parents, m) for m in TRAINING if m in parents]
     assert not bad, "inference reaches training code: " + "; ".join(bad)

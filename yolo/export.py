@@ -27,6 +27,9 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
+from .backends.base import ModelInfo
+from .errors import YoloError
+
 METADATA_VERSION = "1"
 INPUT_NAME, OUTPUT_NAME = "images", "predictions"
 OPSET = 17
@@ -41,7 +44,7 @@ CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 DEFAULT_CALIB_IMAGES = 64
 
 
-class ExportError(ValueError):
+class ExportError(YoloError):
     """A model or request the ONNX export cannot honour; the message names the section or option."""
 
 
@@ -162,19 +165,12 @@ def _trace(model: torch.nn.Module, x: torch.Tensor, path: Path, dynamic: bool, o
 
 def model_metadata(model: torch.nn.Module, names: Sequence[str], hw: tuple[int, int], batch: int | None,
                    precision: str = "fp32") -> dict[str, str]:
-    """The ``metadata_props`` of an export (all strings; lists as JSON)."""
-    nms = model.heads[-1].nms_settings() if model.heads else {}  # what the last head asks of the NMS
+    """The ``metadata_props`` of an export (all strings; lists as JSON): the model info an engine
+    reads back (:meth:`ModelInfo.from_metadata`), then what only the file knows."""
     return {
         "yolo.format": METADATA_VERSION,
         "producer": "yolo.export",
-        "cfg_name": model.cfg_path.name,
-        "num_classes": str(model.num_classes),
-        "names": json.dumps(list(names)),
-        "input_size": json.dumps(list(hw)),  # (height, width)
-        "letter_box": str(int(bool(model.net.letter_box))),
-        "strides": json.dumps([float(s) for s in model.strides]),
-        "max_stride": str(model.max_stride),
-        **{k: str(v) for k, v in nms.items()},
+        **ModelInfo.from_model(model, names, input_size=hw).to_metadata(),
         "batch": "dynamic" if batch is None else str(batch),
         "dynamic_size": "0",
         "precision": precision,

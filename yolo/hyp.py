@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Generic, Sequence, TypeVar
 
 import numpy as np
 
+from .errors import YoloError
 from .params import Param, make_fields, params
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ MULTISCALE_LO, MULTISCALE_HI = 10 / 13, 19 / 13
 MULTISCALE_EVERY = 10  # optimiser steps between two input sizes (Darknet's)
 
 
-class HypError(ValueError):
+class HypError(YoloError):
     """Hyper-parameters that cannot work together (e.g. 2 steps but 1 scale)."""
 
 

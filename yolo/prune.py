@@ -39,6 +39,7 @@ from torch import nn
 from .callbacks import Callback
 from .cfg import ConfigError
 from .deploy import edit_cfg_text
+from .errors import YoloError
 from .model import Darknet
 from .params import default
 from .pruning.graph import (
@@ -56,7 +57,7 @@ from .pruning.rules import rule_for
 DEPLOYED_MARK = "# Deployed by yolo.deploy"
 
 
-class PruneError(ValueError):
+class PruneError(YoloError):
     """A model or request that cannot be pruned (the message says why)."""
 
 

@@ -36,6 +36,7 @@ from .checkpoint import (
 )
 from .distributed import SkipSampler, all_reduce_mean, barrier, distributed_session, unwrap, world_size
 from .ema import ModelEMA
+from .errors import YoloError
 from .hyp import (
     Hyp,
     OptionFields,
@@ -67,7 +68,7 @@ class TrainingError(RuntimeError):
     """Training cannot go on (a non-finite loss); the last checkpoint is left as it was."""
 
 
-class TrainSetupError(ValueError):
+class TrainSetupError(YoloError):
     """Inputs that do not fit together (model vs data classes, image size, output folder)."""
 
 

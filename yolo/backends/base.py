@@ -101,6 +101,7 @@ class Backend:
     precisions: tuple[str, ...] = ("fp32",)
     devices: tuple[str, ...] = ("cpu",)
     suffixes: tuple[str, ...] = ()
+    needs_cfg = True  # False: its files carry the model info (an .onnx of ours), no --cfg is implied
 
     def __init__(self, info: ModelInfo, precision: str, device: "torch.device") -> None:
         self.info = info

@@ -58,6 +58,7 @@ class OrtBackend(Backend):
     precisions = ("fp32", "int8")
     devices = ("cpu", "cuda")
     suffixes = (".onnx",)
+    needs_cfg = False  # the file's metadata is the model info
 
     def __init__(self, session: object, info: ModelInfo, precision: str, device: torch.device,
                  path: Path) -> None:

@@ -19,7 +19,7 @@ from typing import Callable, NoReturn, Sequence
 import torch
 
 from ..assets import DEFAULT_CFG, DEFAULT_WEIGHTS
-from ..backends import PRECISIONS, BackendError, engine_names
+from ..backends import PRECISIONS, BackendError, backend_for, engine_class, engine_names
 from ..cfg import ConfigError
 from ..errors import YoloError
 from ..io import InputFileError
@@ -198,7 +198,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 def engine_args(args: argparse.Namespace) -> dict:
     """--cfg/--backend/--precision/--half resolved: the shipped cfg goes with the shipped weights."""
     cfg = args.cfg
-    if cfg is None and not str(args.weights).lower().endswith(".onnx"):
+    if cfg is None and engine_class(backend_for(args.weights, None)).needs_cfg:
         cfg = str(DEFAULT_CFG)
     if args.half and args.precision not in (None, "fp16"):
         raise UserError(f"--half means --precision fp16, but --precision {args.precision} was given")
