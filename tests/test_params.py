@@ -11,7 +11,7 @@ from yolo.cfg import parse_cfg_text
 from yolo.cli.train import get_args_parser
 from yolo.hyp import HYP_PARAMS, Hyp, Overrides, resolve_hyp
 from yolo.netconfig import NetConfig
-from yolo.params import PARAMS, params
+from yolo.params import PARAMS, Param, params
 from yolo.trainer import AUGMENT_KEYS, TrainOptions
 
 
@@ -89,3 +89,12 @@ def test_a_bad_cfg_value_names_its_key():
 def test_the_command_line_parses_declared_types():
     args = get_args_parser().parse_args(["--momentum", "0.7", "--steps", "4,5", "--no-flip", "--nesterov"])
     assert (args.momentum, args.steps, args.flip, args.nesterov, args.lr) == (0.7, "4,5", False, True, None)
+
+
+def test_a_malformed_declaration_is_refused():
+    with pytest.raises(ValueError, match="hyper-parameter gamma: type <class 'dict'>"):
+        Param("gamma", dict, {}, "net", "--gamma")
+    with pytest.raises(ValueError, match="hyper-parameter gamma: group 'optimiser'"):
+        Param("gamma", float, 0.1, "net", "--gamma", group="optimiser")
+    with pytest.raises(ValueError, match="hyper-parameter gamma: flag 'gamma' does not start with --"):
+        Param("gamma", float, 0.1, "net", "gamma")

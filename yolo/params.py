@@ -16,6 +16,12 @@ from typing import Any, Callable, Iterable
 POLICIES = ("constant", "steps", "step", "exp", "poly", "sigmoid", "random", "sgdr")
 
 
+#: what a Param may say: value types (a list is comma-separated in cfg and flag), cfg sections, groups
+TYPES = (int, float, bool, str, list[int], list[float])
+SECTIONS = ("net", "yolo", None)
+GROUPS = ("hyp", "augment", "run")
+
+
 @dataclass(frozen=True)
 class Param:
     """One hyper-parameter. ``section``: where the cfg holds it ("net": a ``NetConfig`` field with
@@ -36,6 +42,17 @@ class Param:
     shrinks: bool = False
     choices: tuple[str, ...] = ()
     negatable: bool = True  # a bool flag with a --no- form (else store_true)
+
+    def __post_init__(self) -> None:
+        checks = ((self.type in TYPES, f"type {self.type} is not one of {', '.join(map(str, TYPES))}"),
+                  (self.section in SECTIONS, f"section {self.section!r} is not one of {SECTIONS}"),
+                  (self.group in GROUPS, f"group {self.group!r} is not one of {GROUPS}"),
+                  (not self.flag or self.flag.startswith("--"), f"flag {self.flag!r} does not start with --"),
+                  (self.group != "hyp" or self.section == "net" or self.default is not None,
+                   "a Hyp field needs a cfg value or a default"))
+        problem = next((message for ok, message in checks if not ok), None)
+        if problem:
+            raise ValueError(f"hyper-parameter {self.name}: {problem}")
 
     @property
     def key(self) -> str | None:
