@@ -27,36 +27,47 @@ from .checkpoint import save_checkpoint
 if TYPE_CHECKING:
     from .trainer import Trainer
 
-#: the trainer's events, in the order a run fires them
-EVENTS = (
-    "on_train_start",  # set up, before the first epoch (a resumed run: its state restored)
-    "on_epoch_start",  # the epoch's loader built, gradients zeroed
-    "on_before_step",  # gradients accumulated, lr set, before optimizer.step (edit .grad here)
-    "on_step_end",  # after an optimiser step; state.step counts it
-    "on_batch_end",  # after each minibatch (forward, backward, and the step when it was one)
-    "on_train_epoch_end",  # the epoch's minibatches done: epoch_logs (mean losses, lr, data wait)
-    "on_eval_end",  # rank 0, when the epoch was evaluated: metrics
-    "on_epoch_end",  # after the evaluation: metrics (NaN when not evaluated), improved
-    "on_train_end",  # the run finished: summary
-    "on_interrupt",  # Ctrl-C: state holds where the run stopped (the exception is re-raised)
-)
-
 Handler = Callable[["Trainer"], Any]
 
 
 class Callback:
-    """Base of the trainer's callbacks: every event a method that does nothing."""
+    """Base of the trainer's callbacks: one method per event, in the order a run fires them, each
+    doing nothing. Override the ones you need."""
 
-    def on_train_start(self, trainer: Trainer) -> None: ...
-    def on_epoch_start(self, trainer: Trainer) -> None: ...
-    def on_before_step(self, trainer: Trainer) -> None: ...
-    def on_step_end(self, trainer: Trainer) -> None: ...
-    def on_batch_end(self, trainer: Trainer) -> None: ...
-    def on_train_epoch_end(self, trainer: Trainer) -> None: ...
-    def on_eval_end(self, trainer: Trainer) -> None: ...
-    def on_epoch_end(self, trainer: Trainer) -> None: ...
-    def on_train_end(self, trainer: Trainer) -> None: ...
-    def on_interrupt(self, trainer: Trainer) -> None: ...
+    def on_train_start(self, trainer: Trainer) -> None:
+        """Set up, before the first epoch (a resumed run: its state restored)."""
+
+    def on_epoch_start(self, trainer: Trainer) -> None:
+        """The epoch's loader built (``n_batches``), gradients zeroed."""
+
+    def on_before_step(self, trainer: Trainer) -> None:
+        """Gradients accumulated, ``lr`` set, before ``optimizer.step``: edit ``.grad`` here (after
+        ``trainer.unscale_gradients()``)."""
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        """After an optimiser step; ``state.step`` counts it."""
+
+    def on_batch_end(self, trainer: Trainer) -> None:
+        """After each minibatch (forward, backward, and the step when it was one): ``batch_losses``."""
+
+    def on_train_epoch_end(self, trainer: Trainer) -> None:
+        """The epoch's minibatches done: ``epoch_logs`` (mean losses over the ranks, lr, data wait)."""
+
+    def on_eval_end(self, trainer: Trainer) -> None:
+        """Rank 0, when the epoch was evaluated: ``metrics``."""
+
+    def on_epoch_end(self, trainer: Trainer) -> None:
+        """After the evaluation: ``metrics`` (NaN when not evaluated), ``improved`` (a new best mAP@.5)."""
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        """The run finished: ``summary``."""
+
+    def on_interrupt(self, trainer: Trainer) -> None:
+        """Ctrl-C: ``state`` holds where the run stopped (the exception is re-raised after)."""
+
+
+#: the trainer's events, in the order a run fires them (the methods of ``Callback``)
+EVENTS: tuple[str, ...] = tuple(name for name in vars(Callback) if name.startswith("on_"))
 
 
 class Callbacks:

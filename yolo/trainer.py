@@ -607,7 +607,9 @@ class Trainer:
             return evaluate(self.ema.module, self.val_info, img_size=self.img_size, batch_size=self.plan.minibatch,
                             workers=self.opts.workers, device=self.device, verbose=False)
 
-def train(opts: TrainOptions, device: torch.device, ckpt: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A whole run, under DDP when started by torchrun: set up, fit, leave the process group."""
+def train(opts: TrainOptions, device: torch.device, ckpt: dict[str, Any] | None = None,
+          callbacks: Iterable[Any] | None = None) -> dict[str, Any]:
+    """A whole run, under DDP when started by torchrun: set up, fit, leave the process group.
+    ``callbacks``: as ``Trainer``'s (None: ``default_callbacks(opts)``)."""
     with distributed_session(device) as (rank, world, device):
-        return Trainer(opts, device, ckpt, rank=rank, world=world).fit()
+        return Trainer(opts, device, ckpt, rank=rank, world=world, callbacks=callbacks).fit()
