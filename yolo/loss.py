@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 
 from .boxes import paired_iou as bbox_iou_kind  # noqa: F401  (the losses' name for it)
-from .boxes import wh_iou  # noqa: F401  (re-exported: heads/yolo_loss, tests)
+from .boxes import wh_iou  # noqa: F401  (re-exported: tests and older callers)
 
 
 class YOLOLoss:

@@ -19,8 +19,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..boxes import box_convert, box_iou
-from ..loss import bbox_iou_kind, wh_iou
+from ..boxes import box_convert, box_iou, wh_iou
+from ..boxes import paired_iou as bbox_iou_kind
 from .base import HeadLoss
 
 
