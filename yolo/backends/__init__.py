@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 #: the modules that hold the engines, in the order of preference for a file suffix they share;
 #: adding an engine is its file plus one name here
-ENGINE_MODULES = ("pytorch", "ort")
+ENGINE_MODULES = ("pytorch", "ort", "opencv", "openvino")
 
 
 def engines() -> dict[str, type[Backend]]:
@@ -66,12 +66,20 @@ def backend_for(weights: str | Path | None, backend: str | None) -> str:
 
 def load_backend(cfg: str | Path | None, weights: str | Path, backend: str | None = None,
                  precision: str = "fp32", device: "str | torch.device" = "cpu",
-                 names: list[str] | None = None) -> Backend:
-    """An engine for ``cfg`` + ``weights`` (``.weights``, ``.pt`` or ``.onnx``)."""
+                 names: list[str] | None = None, threads: int | None = None) -> Backend:
+    """An engine for ``cfg`` + ``weights`` (``.weights``, ``.pt`` or ``.onnx``); ``threads``: CPU
+    threads for every engine (:mod:`yolo.backends.threads`; None: as set before, else all cores)."""
+    from .threads import set_threads
+
+    if threads is not None:
+        set_threads(threads)
     cls = engine_class(backend_for(weights, backend))
     if precision not in PRECISIONS:
         raise BackendError(f"precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
-    return cls.from_files(cfg, weights, precision, device, names)
+    engine = cls.from_files(cfg, weights, precision, device, names)
+    if threads is not None:
+        set_threads(threads)  # again: the engine may have imported torch
+    return engine
 
 
 __all__ = ["ENGINE_MODULES", "NMS_KEYS", "PRECISIONS", "Backend", "BackendError", "ModelInfo",

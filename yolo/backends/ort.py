@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .base import Backend, BackendError, ModelInfo, register_engine
+from .threads import engine_threads
 
 INSTALL = 'onnxruntime is not installed: pip install -e ".[onnx]" (or: pip install onnx onnxruntime)'
 QUANTISED_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger", "MatMulInteger",
@@ -96,7 +97,7 @@ class OrtBackend(Backend):
                                    "(pip install onnxruntime-gpu), use --device cpu")
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
         options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
+        options.intra_op_num_threads = engine_threads()  # --threads, else torch's count (unchanged)
         options.inter_op_num_threads = 1
         # no busy-waiting between runs: spinning threads steal the cores the data loader, NMS and
         # any other engine in the process need (measured: OpenCV 2x and torch 4x slower beside it)
