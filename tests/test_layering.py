@@ -202,7 +202,8 @@ def test_library_code_does_not_raise_the_cli_error():
     library = [m for m in graph if not m.startswith("yolo.cli")]
     users = sorted(m for m in library if "yolo.cli.common" in graph[m])
     # the tools that still parse their own arguments may use the CLI helpers; no other module may
-    assert set(users) <= {"yolo.info", "yolo.partial", "yolo.anchors", "yolo.prune", "yolo.deploy"}, users
+    assert set(users) <= {"yolo.info", "yolo.partial", "yolo.anchors", "yolo.prune", "yolo.deploy",
+                          "yolo.data"}, users
     for m in users + ["yolo.export"]:
         path = modules()[m][0]
         assert "raise UserError" not in path.read_text(), f"{m} raises the command line's UserError"

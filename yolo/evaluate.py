@@ -73,7 +73,8 @@ def ground_truth_coco(info: DatasetInfo, records: Sequence[ImageRecord],
             anns.append({"id": len(anns) + 1, "image_id": int(rec.image_id),
                          "category_id": int(info.category_ids[int(lab[k, 0])]),
                          "bbox": [float(v) for v in xywh[k]],
-                         "area": float(areas[k]), "iscrowd": int(bool(rec.crowd[k]))})
+                         "area": float(areas[k]),  # VOC difficult: out of the truth, as crowd
+                         "iscrowd": int(bool(rec.crowd[k]) or bool(rec.difficult[k]))})
     cats = [{"id": int(c), "name": name} for c, name in zip(info.category_ids, info.names)]
     return {"info": {"description": info.source}, "images": images, "annotations": anns, "categories": cats}
 
@@ -90,7 +91,7 @@ def darknet_ground_truth(records: Sequence[ImageRecord], sizes_hw: Sequence[tupl
     labels cannot mark crowd boxes, so both dataset forms give Darknet's figures)."""
     out = []
     for rec, (h, w) in zip(records, sizes_hw):
-        lab = rec.labels[~rec.crowd.astype(bool)].astype(np.float64)
+        lab = rec.labels[~(rec.crowd.astype(bool) | rec.difficult.astype(bool))].astype(np.float64)
         rows = np.empty((len(lab), 5))
         rows[:, :4] = box_convert(denormalize_boxes(lab[:, 1:5], w, h), "cxcywh", "xyxy")
         rows[:, 4] = lab[:, 0]

@@ -23,6 +23,7 @@ TOOLS: dict[str, tuple[str, str]] = {
     "anchors": ("yolo.anchors", "Darknet's calc_anchors (k-means, 1 - IoU)"),
     "prune": ("yolo.prune", "channel pruning (network slimming)"),
     "deploy": ("yolo.deploy", "fuse ACNet blocks into plain convolutions"),
+    "data": ("yolo.data", "convert a dataset (darknet, coco, yolo, voc) or check it (problems, labels.png)"),
 }
 
 
