@@ -427,3 +427,4 @@ def test_unreadable_checkpoint_is_one_short_line(tmp_path: Path, root: Path) -> 
         assert bad.returncode == 2
         err = bad.stderr.strip().splitlines()
         assert len(err) == 1 and f"{path}: not a readable checkpoint (" in err[0] and len(err[0]) < 300, err
+        assert "\x1b" not in err[0]  # torch's message carries terminal colour codes

@@ -6,6 +6,7 @@ read with ``weights_only=True``.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,9 @@ class CheckpointError(YoloError):
 
 
 def first_line(e: BaseException, limit: int = 160) -> str:
-    """The first line of an exception's message, shortened: torch's weights-only refusal is a page."""
-    lines = str(e).strip().splitlines()
+    """The first line of an exception's message, shortened: torch's weights-only refusal is a page
+    (with terminal colour codes in it, dropped here)."""
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines()
     line = lines[0].strip() if lines else ""
     return line if len(line) <= limit else line[:limit - 3] + "..."
 
