@@ -141,16 +141,15 @@ def restore_threads():
 def test_threads_reach_every_engine(tmp_path, restore_threads):
     import cv2
 
-    model = randomize(quiet(TINY)).eval()
-    weights = tmp_path / "tiny.weights"
-    model.save_darknet_weights(weights)
-    x = np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32)
+    cfg = tmp_path / "tiny-plain.cfg"
+    cfg.write_text(TINY.read_text().replace("dilation=2\n", ""))
+    _, x, _, weights = model_and_input(cfg, tmp_path, batch=1)
     cv2.setNumThreads(2)
-    engine = load_backend(TINY, weights, "opencv", threads=1)
+    engine = load_backend(cfg, weights, "opencv", threads=1)
     engine(x)
     assert cv2.getNumThreads() == 1 and engine_threads() == 1 and "1 threads" in engine.describe()
     assert torch.get_num_threads() == 1  # torch is loaded here: it follows as well
-    load_backend(TINY, weights, "torch", threads=2)
+    load_backend(cfg, weights, "torch", threads=2)
     assert torch.get_num_threads() == 2 and engine_threads() == 2
     with pytest.raises(BackendError, match="positive integer"):
         set_threads(0)
@@ -180,3 +179,17 @@ def test_threads_reach_onnxruntime_and_openvino(tmp_path, restore_threads, monke
         return
     engine = load_backend(None, path, "openvino", threads=1)
     assert int(engine.compiled.get_property("INFERENCE_NUM_THREADS")) == 1
+
+
+def test_opencv_on_every_plain_section_and_refuses_dilation(tmp_path):
+    """tiny.cfg touches every plain section (route groups, mish, swish, new_coords, scale_x_y, a
+    [convolutional] without activation: Darknet's logistic, which OpenCV needs spelled out); its
+    dilated convolution OpenCV ignores, so that cfg is refused and one without it matches."""
+    weights = tmp_path / "w.weights"
+    weights.write_bytes(b"")
+    with pytest.raises(BackendError, match=r"tiny\.cfg:\d+: \[convolutional\] key 'dilation'"):
+        load_backend(TINY, weights, "opencv")
+    cfg = tmp_path / "tiny-plain.cfg"
+    cfg.write_text(TINY.read_text().replace("dilation=2\n", ""))
+    _, x, ref, weights = model_and_input(cfg, tmp_path)
+    assert_matches(load_backend(cfg, weights, "opencv")(x), ref, x.shape[2:])

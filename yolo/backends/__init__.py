@@ -30,6 +30,13 @@ def engines() -> dict[str, type[Backend]]:
     """Every registered engine by name (their modules imported on first use)."""
     for module in ENGINE_MODULES:
         importlib.import_module(f"{__name__}.{module}")
+    # in ENGINE_MODULES order whichever module was imported first (the first engine for a suffix
+    # is its default: importing yolo.backends.opencv early must not make it the .weights default)
+    rank = {m: i for i, m in enumerate(ENGINE_MODULES)}
+    ordered = sorted(ENGINES.items(), key=lambda kv: rank.get(kv[1].__module__.rsplit(".", 1)[-1], len(rank)))
+    if list(ENGINES) != [k for k, _ in ordered]:
+        ENGINES.clear()
+        ENGINES.update(ordered)
     return ENGINES
 
 
@@ -73,6 +80,15 @@ def load_backend(cfg: str | Path | None, weights: str | Path, backend: str | Non
 
     if threads is not None:
         set_threads(threads)
+    if backend == "auto":  # the measured fastest for this model and machine, else a documented order
+        from .auto import resolve_auto
+
+        backend, precision, weights, why = resolve_auto(cfg, weights)
+        engine = load_backend(cfg, weights, backend, precision, device, names, threads)
+        plain = engine.describe()
+        engine.describe = lambda: f"{plain} (auto: {why})"  # type: ignore[method-assign]
+        engine.info.extra["auto"] = why
+        return engine
     cls = engine_class(backend_for(weights, backend))
     if precision not in PRECISIONS:
         raise BackendError(f"precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")

@@ -16,7 +16,6 @@ the probabilities are reported as 0: such a row never passes a threshold).
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,9 @@ OPENCV_SECTIONS = frozenset({"net", "network", "convolutional", "conv", "connect
 #: activations OpenCV's importer knows
 OPENCV_ACTIVATIONS = frozenset({"linear", "leaky", "relu", "mish", "swish", "logistic"})
 #: keys of ours (or of Darknet) that OpenCV would silently ignore, changing the result
-REFUSED_KEYS = {"convolutional": {"asymmetric": "0", "deform": "0", "xnor": "0"}}
+#: (measured: OpenCV 4.14 ignores ``dilation``, so a dilated convolution gives other outputs)
+REFUSED_KEYS = {"convolutional": {"asymmetric": "0", "deform": "0", "xnor": "0", "dilation": "1"},
+                "conv": {"asymmetric": "0", "dilation": "1"}}
 
 
 def opencv_problem(sections: list[Any]) -> str | None:
@@ -96,10 +97,22 @@ def plain_info(sections: list[Any], cfg_name: str, names: list[str] | None = Non
                      cfg_name=cfg_name, names=list(names) if names is not None else None, extra=extra)
 
 
-def opencv_cfg_text(text: str) -> str:
-    """The cfg as handed to OpenCV: every [yolo] section's ``thresh`` 0, so no score is zeroed."""
-    text = re.sub(r"^[ \t]*thresh[ \t]*=.*$", "", text, flags=re.M)
-    return re.sub(r"^[ \t]*\[yolo\][ \t]*$", "[yolo]\nthresh=0", text, flags=re.M)
+def opencv_cfg_text(sections: list[Any]) -> str:
+    """The cfg as handed to OpenCV, written from the parsed sections: every [yolo] section's
+    ``thresh`` 0 (no score zeroed), and Darknet's default activation (logistic) spelled out on
+    a [convolutional] without one (OpenCV's importer defaults to linear: measured, the outputs
+    differ by ~1 where the key is missing)."""
+    lines = []
+    for s in sections:
+        options = dict(s.options)
+        if s.type == "yolo":
+            options["thresh"] = "0"
+        elif s.type in ("convolutional", "conv") and "activation" not in options:
+            options["activation"] = "logistic"
+        lines.append(f"[{s.type}]")
+        lines.extend(f"{k}={v}" for k, v in options.items())
+        lines.append("")
+    return "\n".join(lines)
 
 
 @register_engine("opencv")
@@ -158,7 +171,7 @@ class OpenCvBackend(Backend):
         if len(heads) != len(info.strides):
             raise BackendError(f"{cfg_path}: [region] heads are not supported by the opencv backend")
         try:
-            net = cv2.dnn.readNetFromDarknet(np.frombuffer(opencv_cfg_text(text).encode(), np.uint8),
+            net = cv2.dnn.readNetFromDarknet(np.frombuffer(opencv_cfg_text(sections).encode(), np.uint8),
                                              np.fromfile(str(weights_path), np.uint8))
         except cv2.error as e:
             first = (str(e).strip().splitlines() or ["cv2.error"])[-1]
