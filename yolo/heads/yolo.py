@@ -99,6 +99,12 @@ class YOLOLayer(Head):
         layer.mask = mask
         layer.all_anchors = pairs
         layer.settings = YoloSettings.from_section(s)
+        # embedding_layer (contrastive tracking): Darknet's CPU forward never copies the embeddings, so
+        # they change no output; the layer it names must exist. The tracker's keys change no output either.
+        if "embedding_layer" in s:
+            layer.embedding_layer = ctx.layer_index(s, s.int("embedding_layer"), "embedding_layer")
+        for key in ("track_history_size", "sim_thresh", "dets_for_show", "dets_for_track", "track_ciou_norm"):
+            s.float(key, 0.0)
         return layer
 
     def _grid(self, ny: int, nx: int, like: torch.Tensor) -> torch.Tensor:
