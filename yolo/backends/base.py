@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
+import numpy as np
+
 from ..errors import YoloError
 
 if TYPE_CHECKING:  # annotations only
@@ -90,8 +92,61 @@ class ModelInfo:
         }
 
 
+@dataclass(frozen=True)
+class Device:
+    """A device named without torch (``cpu``, ``cuda``, ``cuda:1``): what engines that do not run
+    torch keep as ``engine.device``, with the ``type`` / ``index`` that callers read."""
+
+    type: str
+    index: int | None = None
+
+    def __str__(self) -> str:
+        return self.type if self.index is None else f"{self.type}:{self.index}"
+
+
+def as_device(spec: "str | torch.device | Device | None") -> "Device | torch.device":
+    """``spec`` as a device: a ``torch.device`` (or :class:`Device`) as given, a string parsed
+    without importing torch."""
+    if spec is None:
+        return Device("cpu")
+    if not isinstance(spec, str):
+        return spec
+    kind, _, index = spec.strip().partition(":")
+    if kind not in ("cpu", "cuda") or (index and not index.isdigit()):
+        raise BackendError(f"device must be cpu, cuda or cuda:N, got '{spec}'")
+    return Device(kind, int(index) if index else None)
+
+
+def is_tensor(x: object) -> bool:
+    """Whether ``x`` is a torch tensor, without importing torch (a tensor exists only once torch is)."""
+    return type(x).__module__.split(".")[0] == "torch"
+
+
+def as_input(x: Any) -> tuple[np.ndarray, bool]:
+    """An engine's input as the contract's array (C-contiguous float32 ``[B, 3, H, W]``), and whether
+    it came as a torch tensor (the engine then answers with one, see :class:`Backend`)."""
+    tensor = is_tensor(x)
+    arr = x.detach().float().cpu().numpy() if tensor else np.asarray(x)
+    return np.ascontiguousarray(arr, dtype=np.float32), tensor
+
+
+def as_output(pred: np.ndarray, tensor: bool) -> Any:
+    """The engine's ``pred`` in the caller's kind: a torch tensor for a tensor given, else the array."""
+    if not tensor:
+        return pred
+    import torch  # only reached when the caller already holds a tensor: torch is imported
+
+    return torch.from_numpy(np.ascontiguousarray(pred))
+
+
 class Backend:
     """Base of every engine: ``engine(x) -> predictions`` plus :class:`ModelInfo`.
+
+    The contract (issue 19): ``x`` is ``np.ndarray[B, 3, H, W]`` float32 RGB in [0, 1]; the answer
+    is ``np.ndarray[B, N, 5 + C]`` float32 (cx, cy, w, h in input pixels, objectness, class
+    probabilities). Numpy on both sides, so that pre- and post-processing, outputs and evaluation
+    need no torch; the torch engine converts inside. A torch tensor given (callers from before the
+    contract, the trainer's code) gets a torch tensor back: :func:`as_input` / :func:`as_output`.
 
     Class attributes declare what an engine runs, so dispatch and error messages need no list
     of engines: ``precisions``, ``devices`` (device types) and ``suffixes`` (the model files it
@@ -119,7 +174,7 @@ class Backend:
         """Whether this engine reads the file ``weights`` (by its suffix)."""
         return str(weights).lower().endswith(cls.suffixes)
 
-    def __call__(self, x: "torch.Tensor") -> "torch.Tensor":
+    def __call__(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
     def describe(self) -> str:

@@ -7,12 +7,15 @@ another file) on its own: the model info comes from the file's metadata. A forei
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from .base import Backend, BackendError, ModelInfo, register_engine
+from .base import Backend, BackendError, ModelInfo, as_device, as_input, as_output, register_engine
 from .threads import engine_threads
+
+if TYPE_CHECKING:
+    import torch
 
 INSTALL = 'onnxruntime is not installed: pip install -e ".[onnx]" (or: pip install onnx onnxruntime)'
 QUANTISED_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger", "MatMulInteger",
@@ -27,6 +30,8 @@ def info_from_metadata(meta: dict[str, str], path: Path) -> ModelInfo:
 def info_from_cfg(cfg: str | Path, names: list[str] | None) -> ModelInfo:
     """The info of a cfg without building its weights (the model on the meta device)."""
     import warnings
+
+    import torch  # a foreign .onnx described by a cfg: the cfg is read by our model code
 
     from ..model import Darknet
 
@@ -61,7 +66,7 @@ class OrtBackend(Backend):
     suffixes = (".onnx",)
     needs_cfg = False  # the file's metadata is the model info
 
-    def __init__(self, session: object, info: ModelInfo, precision: str, device: torch.device,
+    def __init__(self, session: object, info: ModelInfo, precision: str, device: Any,
                  path: Path) -> None:
         super().__init__(info, precision, device)
         self.session = session
@@ -74,8 +79,8 @@ class OrtBackend(Backend):
 
     @classmethod
     def from_files(cls, cfg: str | Path | None, weights: str | Path, precision: str = "fp32",
-                   device: str | torch.device = "cpu", names: list[str] | None = None) -> "OrtBackend":
-        device = torch.device(device)
+                   device: "str | torch.device" = "cpu", names: list[str] | None = None) -> "OrtBackend":
+        device = as_device(str(device))  # no torch on this path
         try:
             import onnxruntime as ort
         except ImportError:
@@ -143,15 +148,16 @@ class OrtBackend(Backend):
         info.extra["onnx"] = {"file": str(path), "ours": ours, "providers": session.get_providers()}
         return cls(session, info, "int8" if quantised else "fp32", device, path)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """``np.ndarray[B, 3, H, W]`` -> ``np.ndarray[B, N, 5 + C]`` (a torch tensor in: one out)."""
+        arr, tensor = as_input(x)
         if self.fixed_hw is not None and tuple(x.shape[-2:]) != self.fixed_hw:
             h, w = self.fixed_hw
             raise BackendError(f"{self.path.name} was exported for {h}x{w} (h x w) input, got "
                                f"{x.shape[-2]}x{x.shape[-1]}: use that size, or export with --dynamic")
-        arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
         n = self.fixed_batch
         if n is None or arr.shape[0] == n:
-            return torch.from_numpy(self.session.run(None, {self.input_name: arr})[0])
+            return as_output(self.session.run(None, {self.input_name: arr})[0], tensor)
         outs = []
         for i in range(0, arr.shape[0], n):
             chunk = arr[i:i + n]
@@ -159,7 +165,7 @@ class OrtBackend(Backend):
             if k < n:  # pad the last chunk to the fixed batch
                 chunk = np.concatenate([chunk, np.zeros((n - k,) + chunk.shape[1:], np.float32)])
             outs.append(self.session.run(None, {self.input_name: chunk})[0][:k])
-        return torch.from_numpy(np.concatenate(outs))
+        return as_output(np.concatenate(outs), tensor)
 
 
 __all__ = ["OrtBackend", "ModelInfo", "INSTALL"]

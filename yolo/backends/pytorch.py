@@ -25,21 +25,43 @@ the hook for a CPU where a layer type measures slower.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import torch
-from torch import nn
+import numpy as np
 
-from ..blocks.layers import ACUnit, ConvBN
-from ..heads import Head
-from ..model import Darknet
-from ..weights_file import load_weights
-from .base import Backend, BackendError, ModelInfo, register_engine
+from .base import Backend, BackendError, ModelInfo, is_tensor, register_engine
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from ..model import Darknet
+
+#: the precisions this engine runs (their torch dtypes: :data:`DTYPES`, built when torch is loaded)
+DTYPE_NAMES = ("fp32", "bf16", "fp16")
 
 
-def model_info(model: Darknet, names: list[str] | None = None) -> ModelInfo:
+def __getattr__(name: str) -> Any:
+    """Torch-made names, built on first use: this module imports no torch at import time, so the
+    engine registry can list the torch engine in a process where torch is absent or not yet loaded."""
+    if name == "DTYPES":
+        import torch
+
+        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if name in ("ConvAct", "Fp32Island"):
+        from . import torch_ops
+
+        return getattr(torch_ops, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _dtype(precision: str) -> "torch.dtype":
+    import torch
+
+    return getattr(torch, {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[precision])
+
+
+def model_info(model: "Darknet", names: list[str] | None = None) -> ModelInfo:
     """Kept for callers of the old name: :meth:`ModelInfo.from_model`."""
     return ModelInfo.from_model(model, names)
 
@@ -49,6 +71,8 @@ def cpu_bf16_problem() -> str | None:
 
     oneDNN emulates bf16 on plain AVX-512 CPUs (slower than fp32), so native support is required:
     AVX-512 BF16 or AMX-BF16 on x86, the BF16 extension on Arm."""
+    import torch
+
     if not torch.backends.mkldnn.is_available():
         return "this PyTorch build has no oneDNN (mkldnn), which runs bf16 convolutions on the CPU"
     try:
@@ -67,9 +91,9 @@ def cpu_bf16_problem() -> str | None:
 
 def check_precision(precision: str, device: torch.device) -> None:
     """Raise :class:`BackendError`, saying what would work, when ``precision`` cannot run on ``device``."""
-    if precision not in DTYPES:
+    if precision not in DTYPE_NAMES:
         raise BackendError(f"precision '{precision}' is not available for the torch backend "
-                           f"({', '.join(DTYPES)}; int8 needs an .onnx model and onnxruntime)")
+                           f"({', '.join(DTYPE_NAMES)}; int8 needs an .onnx model and onnxruntime)")
     if device.type not in ("cpu", "cuda"):
         if precision != "fp32":
             raise BackendError(f"precision {precision} on '{device}': the torch backend runs reduced "
@@ -85,6 +109,8 @@ def check_precision(precision: str, device: torch.device) -> None:
             raise BackendError(f"precision bf16 on the CPU: {problem}. Use fp32 here "
                                "(or fp16/bf16 on a CUDA GPU)")
     if precision == "bf16" and device.type == "cuda":
+        import torch
+
         if not torch.cuda.is_available():
             raise BackendError(f"device '{device}': CUDA is not available here; use device='cpu'")
         major, minor = torch.cuda.get_device_capability(device)
@@ -93,157 +119,32 @@ def check_precision(precision: str, device: torch.device) -> None:
                                f"{torch.cuda.get_device_name(device)} is {major}.{minor}: use fp16")
 
 
-KEEP_FP32: Callable[[nn.Conv2d], bool] = lambda conv: False  # noqa: E731
+KEEP_FP32: Callable[["nn.Conv2d"], bool] = lambda conv: False  # noqa: E731
 """Which convolutions a reduced-precision CPU model keeps in float32 (cast around them). None
 today: every convolution type measured at least as fast in bf16 (see the module docstring)."""
 
 
-class _Wraps(nn.Module):
-    """A module standing in for the convolution it holds: its geometry (kernel_size, stride,
-    padding, ... which shape inference reads) is the convolution's."""
-
-    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self._modules["conv"], name)
-
-
-class Fp32Island(_Wraps):
-    """A convolution kept in float32 inside a reduced-precision network: casts in and back out."""
-
-    def __init__(self, conv: nn.Module) -> None:
-        super().__init__()
-        self.conv = conv.float()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x.float()).to(x.dtype)
-
-
-def _pointwise(act: nn.Module) -> tuple[str, list[float], str] | None:
-    """oneDNN's name (attr, scalars, algorithm) for an activation it can run inside a convolution."""
-    if isinstance(act, nn.Identity):
-        return "none", [], ""
-    if isinstance(act, nn.LeakyReLU):
-        return "leaky_relu", [act.negative_slope], ""
-    if isinstance(act, nn.ReLU):
-        return "relu", [], ""
-    if isinstance(act, nn.Hardtanh):  # ReLU6 is one
-        return "hardtanh", [act.min_val, act.max_val], ""
-    if isinstance(act, nn.SiLU):
-        return "swish", [], ""
-    if isinstance(act, nn.Sigmoid):
-        return "sigmoid", [], ""
-    if isinstance(act, nn.Tanh):
-        return "tanh", [], ""
-    if isinstance(act, nn.GELU):
-        return "gelu", [], act.approximate
-    return None  # mish, elu, Darknet's own: stay separate
-
-
-class ConvAct(_Wraps):
-    """A convolution and its activation in one oneDNN call (``mkldnn::_convolution_pointwise``, the
-    op inductor emits for the CPU). In bf16 a separate activation pass takes ~2x its fp32 time;
-    inside the convolution it is nearly free. On one idle thread that is worth little (yolov3-tiny
-    @416: 0.54x -> 0.53x of fp32 time), but it halves the parallel regions, and with 2 threads on a
-    busy machine each region's barrier costs (yolov3-tiny 0.79x -> 0.67x, yolo-fastest 1.17x ->
-    0.93x of fp32 time, load average 10)."""
-
-    def __init__(self, conv: nn.Conv2d, attr: str, scalars: list[float], algorithm: str) -> None:
-        super().__init__()
-        self.conv, self.attr, self.scalars, self.algorithm = conv, attr, scalars, algorithm
-        self.args = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
-        self.packed: torch.Tensor | None = None  # the weight in oneDNN's own layout (first call)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        padding, stride, dilation, groups = self.args
-        x = x.contiguous(memory_format=torch.channels_last)
-        weight = self.packed if self.packed is not None else self._pack(x)
-        return torch.ops.mkldnn._convolution_pointwise(x, weight, self.conv.bias, padding, stride, dilation, groups,
-                                                       self.attr, self.scalars, self.algorithm)
-
-    def _pack(self, x: torch.Tensor) -> torch.Tensor:
-        """The weight reordered once into the blocked layout oneDNN picks for inputs like ``x``
-        (any input shape still works) instead of on every call: yolov3 @416 bf16 8% faster. The
-        engine's model is not changed after its first call; a dense weight where this PyTorch
-        cannot pack."""
-        padding, stride, dilation, groups = self.args
-        try:
-            self.packed = torch.ops.mkldnn._reorder_convolution_weight(
-                self.conv.weight.detach(), padding, stride, dilation, groups, list(x.shape))
-        except (AttributeError, RuntimeError, NotImplementedError):
-            self.packed = self.conv.weight.detach()
-        return self.packed
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["packed"] = None  # an opaque oneDNN tensor: neither copied nor pickled, packed again
-        return state
-
-    def extra_repr(self) -> str:
-        return f"{self.attr}{self.scalars or ''}"
-
-
-def _fusable(conv: nn.Module) -> bool:
-    return (type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
-            and not KEEP_FP32(conv))
-
-
-def _fuse_activations(model: nn.Module) -> int:
-    """Convolution + activation -> :class:`ConvAct` in every fused unit (ConvBN, ACUnit); returns
-    how many. Nothing changes where this PyTorch lacks the op or it disagrees with the unfused pair."""
-    if not _pointwise_op_works():
-        return 0
-    n = 0
-    for unit in model.modules():
-        if isinstance(unit, ConvBN) and unit.bn is None and _fusable(unit.conv):
-            kind = _pointwise(unit.act)
-            if kind is not None:
-                unit.conv, unit.act = ConvAct(unit.conv, *kind), nn.Identity()
-                n += 1
-        elif isinstance(unit, ACUnit) and unit.fused is not None and _fusable(unit.fused):
-            kind = _pointwise(unit.act)
-            if kind is not None:
-                unit.fused, unit.act = ConvAct(unit.fused, *kind), nn.Identity()
-                n += 1
-    return n
-
-
-_OP_CHECKED: dict[str, bool] = {}
-
-
-def _pointwise_op_works() -> bool:
-    """Whether ``mkldnn::_convolution_pointwise`` exists here and matches conv + leaky in bf16
-    (an internal op: checked once, on a tiny case, rather than trusted)."""
-    if "ok" not in _OP_CHECKED:
-        try:
-            g = torch.Generator().manual_seed(0)
-            conv = nn.Conv2d(8, 16, 3, 2, 1).to(torch.bfloat16, memory_format=torch.channels_last).eval()
-            x = torch.randn(1, 8, 12, 12, generator=g).to(torch.bfloat16, memory_format=torch.channels_last)
-            with torch.inference_mode():
-                ref = nn.functional.leaky_relu(conv(x), 0.1).float()
-                out = ConvAct(conv, "leaky_relu", [0.1], "")(x).float()
-            _OP_CHECKED["ok"] = out.shape == ref.shape and bool(torch.allclose(out, ref, atol=0.05, rtol=0.02))
-        except (AttributeError, RuntimeError, NotImplementedError):
-            _OP_CHECKED["ok"] = False
-    return _OP_CHECKED["ok"]
-
-
-def reduce_precision(model: Darknet, precision: str, device: torch.device) -> Darknet:
+def reduce_precision(model: "Darknet", precision: str, device: "torch.device") -> "Darknet":
     """Fuse ``model`` (if not yet), store it channels_last and cast everything but its ``[yolo]``
     layers to ``precision``, in place; convolutions :data:`KEEP_FP32` picks stay float32; on
     the CPU each convolution's activation runs inside it (:class:`ConvAct`)."""
+    import torch
+    from torch import nn
+
+    from ..heads import Head
+    from .torch_ops import ConvAct, Fp32Island, fuse_activations
+
     if not model.fused:
         model.fuse()
     model.to(device=device, memory_format=torch.channels_last)
-    dtype = DTYPES[precision]
+    dtype = _dtype(precision)
     if dtype == torch.float32:
         return model.eval()
     for block in model.module_list:
         if not isinstance(block, Head):  # anchors and decoding stay float32
             block.to(dtype)
     if device.type == "cpu":
-        _fuse_activations(model)
+        fuse_activations(model, KEEP_FP32)
         for parent in list(model.modules()):
             for name, child in list(parent.named_children()):
                 if isinstance(child, nn.Conv2d) and not isinstance(parent, ConvAct) and KEEP_FP32(child):
@@ -261,11 +162,11 @@ class TorchBackend(Backend):
     ``from_files`` and ``evaluate()`` build their own). Input: float32 (any layout); output:
     float32 always."""
 
-    precisions = tuple(DTYPES)
+    precisions = DTYPE_NAMES
     devices = ("cpu", "cuda")
     suffixes = (".weights", ".pt")  # and any other name: Darknet backbone files such as darknet53.conv.74
 
-    def __init__(self, model: Darknet, precision: str = "fp32", device: torch.device | None = None,
+    def __init__(self, model: "Darknet", precision: str = "fp32", device: "torch.device | None" = None,
                  names: list[str] | None = None) -> None:
         device = device or next(model.parameters()).device
         check_precision(precision, device)
@@ -273,13 +174,18 @@ class TorchBackend(Backend):
         if precision != "fp32" and getattr(model, "engine_precision", "fp32") != precision:
             model = reduce_precision(model, precision, device)
         self.model = model
-        self.dtype = DTYPES[precision]
+        self.dtype = _dtype(precision)
 
     @classmethod
     def from_files(cls, cfg: str | Path | None, weights: str | Path, precision: str = "fp32",
-                   device: str | torch.device = "cpu", names: list[str] | None = None) -> "TorchBackend":
+                   device: "str | torch.device" = "cpu", names: list[str] | None = None) -> "TorchBackend":
         """``names`` given: they replace the checkpoint's (checked against the model's classes)."""
-        device = torch.device(device)
+        import torch
+
+        from ..model import Darknet
+        from ..weights_file import load_weights
+
+        device = torch.device(str(device))
         if cfg is None:
             raise BackendError(f"{weights}: the torch backend needs --cfg")
         if device.type == "cuda" and not torch.cuda.is_available():
@@ -296,10 +202,17 @@ class TorchBackend(Backend):
             saved = list(names)
         return cls(model, precision, device, list(saved) if isinstance(saved, (list, tuple)) and saved else None)
 
-    @torch.inference_mode()
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.dtype == torch.float32:
-            x = x.to(self.device, non_blocking=True)
-        else:  # cast, then NHWC: 2.5x faster than both in one .to() (0.26 vs 0.68 ms at 416, 1 thread)
-            x = x.to(self.device, self.dtype, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        return self.model(x).float()
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """The contract: ``np.ndarray[B, 3, H, W]`` -> ``np.ndarray[B, N, 5 + C]`` float32 (converted
+        here, ``torch.from_numpy`` / ``.numpy()``); a tensor in gives a tensor out, on the model's device."""
+        import torch
+
+        tensor = is_tensor(x)
+        t = x if tensor else torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        with torch.inference_mode():
+            if self.dtype == torch.float32:
+                t = t.to(self.device, non_blocking=True)
+            else:  # cast, then NHWC: 2.5x faster than both in one .to() (0.26 vs 0.68 ms at 416, 1 thread)
+                t = t.to(self.device, self.dtype, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            out = self.model(t).float()
+        return out if tensor else out.cpu().numpy()
