@@ -188,8 +188,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="Darknet cfg (path, or a name in cfg/); default: the shipped model's, or none for an .onnx")
     p.add_argument("--weights", default=str(DEFAULT_WEIGHTS),
                    help="Darknet .weights, a .pt checkpoint or an .onnx export (path, or a name in weights/)")
-    p.add_argument("--backend", choices=engine_names(), default=None,
-                   help="inference engine (default: onnxruntime for an .onnx file, else torch)")
+    p.add_argument("--backend", choices=engine_names() + ("auto",), default=None,
+                   help="inference engine (default: onnxruntime for an .onnx file, else torch); auto: the one "
+                        "python -m yolo.benchmark measured fastest here, else opencv for a plain Darknet cfg")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads of the engine (OpenCV, onnxruntime, OpenVINO, torch; default: all cores)")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="fp32 (default), bf16 (CPU with AVX-512 BF16 / AMX, or CUDA), fp16 (CUDA), int8 (.onnx)")
     p.add_argument("--half", action="store_true", help="same as --precision fp16")
@@ -202,5 +205,8 @@ def engine_args(args: argparse.Namespace) -> dict:
         cfg = str(DEFAULT_CFG)
     if args.half and args.precision not in (None, "fp16"):
         raise UserError(f"--half means --precision fp16, but --precision {args.precision} was given")
+    if getattr(args, "threads", None) is not None and args.threads < 1:
+        raise UserError(f"--threads must be positive, got {args.threads}")
     return {"cfg": cfg, "weights": args.weights, "backend": args.backend,
-            "precision": "fp16" if args.half else (args.precision or "fp32")}
+            "precision": "fp16" if args.half else (args.precision or "fp32"),
+            "threads": getattr(args, "threads", None)}
