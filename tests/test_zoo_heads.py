@@ -419,3 +419,49 @@ def test_the_loss_of_an_empty_image_only_pulls_objectness_down(tmp_path):
         model = Darknet(cfg, warn_unused=False).train()
         _, parts = YOLOLoss(model)(model(torch.rand(2, 3, 64, 64)), torch.zeros(0, 6), (64, 64))
         assert parts[0] == 0 and parts[2] == 0 and parts[1] > 0, kind
+
+
+def test_detection_loss_is_zero_where_the_output_encodes_the_targets(tmp_path):
+    """The loss's targets and the decode agree: Darknet's encoding of a target (x, y offsets in its
+    cell, sqrt w, h, confidence 1, one-hot classes) costs nothing and decodes back to the target."""
+    cfg = tmp_path / "d.cfg"
+    cfg.write_text("[net]\nwidth=64\nheight=64\nchannels=3\n\n[convolutional]\nfilters=13\nsize=1\nstride=16\n\n"
+                   "[detection]\nclasses=3\ncoords=4\nrescore=0\nside=4\nnum=2\nsoftmax=0\nsqrt=1\n")
+    head = Darknet(cfg, warn_unused=False).heads[0]
+    targets = torch.tensor([[0, 2, 0.30, 0.60, 0.20, 0.40], [1, 0, 0.80, 0.10, 0.50, 0.10]])
+    flat = torch.zeros(2, 208)
+    side, classes, n = 4, 3, 2
+    for img, c, x, y, w, h in targets.tolist():
+        col, row = int(x * side), int(y * side)
+        i = row * side + col
+        flat[int(img), i * classes + int(c)] = 1.0
+        flat[int(img), side * side * classes + i * n] = 1.0  # box 0 of the cell
+        b = side * side * (classes + n) + i * n * 4
+        flat[int(img), b:b + 4] = torch.tensor([x * side - col, y * side - row, w ** 0.5, h ** 0.5])
+    box, obj, cls = DetectionLayer.make_loss([head])([flat], targets, (64, 64))
+    assert box.item() == pytest.approx(0, abs=1e-10) and obj.item() == 0 and cls.item() == 0
+    rows = head.eval().decode(flat)
+    for img, c, x, y, w, h in targets.tolist():
+        best = rows[int(img), (rows[int(img), :, 4] * rows[int(img), :, 5 + int(c)]).argmax()]
+        assert best[:4].tolist() == pytest.approx([x * 64, y * 64, w * 64, h * 64], abs=1e-4)
+    flat[0, 0] += 0.5  # classes of a cell without a target cost nothing (Darknet: no class delta there)
+    assert DetectionLayer.make_loss([head])([flat], targets, (64, 64))[2].item() == 0
+    flat[0, 9 * classes] += 0.5  # a wrong class value in the target's cell (row 2, col 1): 0.5 * 0.5 ** 2
+    assert DetectionLayer.make_loss([head])([flat], targets, (64, 64))[2].item() == pytest.approx(0.125)
+
+
+def test_gaussian_uncertainty_term_prefers_sigma_near_the_error(tmp_path):
+    cfg = tmp_path / "g.cfg"
+    cfg.write_text("[net]\nwidth=64\nheight=64\nchannels=3\n\n" + BACKBONE + HEADS["gaussian"])
+    model = Darknet(cfg, warn_unused=False).train()
+    loss = YOLOLoss(model)
+    x, t = shapes_batch(2)
+    raw = model(x)[0].detach()
+
+    def box_loss(sigma_logit: float) -> float:
+        p = raw.clone()
+        p[..., [1, 3, 5, 7]] = sigma_logit
+        return loss([p], t, (64, 64))[1][0].item()
+
+    # a confident (tiny sigma) and a hopeless (sigma ~ 1) uncertainty both cost more than a middle one
+    assert box_loss(-8.0) > box_loss(0.0) < box_loss(8.0)

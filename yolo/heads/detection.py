@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..boxes import box_convert, box_iou
-from ..cfg import Section
+from ..cfg import ConfigError, Section
 from ..layer_table import ConvFigures, LayerRow, Shape
 from ..registry import BuildContext, RefMap, register
 from .base import Head, HeadLoss
@@ -77,6 +77,7 @@ class DetectionLayer(Head):
         self.num_classes = num_classes
         self.settings = settings
         self.net_hw = net_hw  # (height, width) of the [net] input: boxes are relative to it
+        self.section_where = ""
 
     @property
     def num_inputs(self) -> int:
@@ -91,18 +92,22 @@ class DetectionLayer(Head):
             raise s.error(f"coords={settings.coords}: only coords=4 (x, y, w, h) is supported", "coords")
         if settings.reorg:
             raise s.error("'reorg=1' is not supported by this implementation", "reorg")
-        hw = ctx.map_size_in()
-        if ctx.input_size is None or hw is None:
+        if ctx.input_size is None:
             raise s.error("needs the [net] width and height (its boxes are relative to them)")
         layer = cls(classes, settings, ctx.input_size, ctx.c_in, ctx.stride_in)
-        inputs = ctx.c_in * hw[0] * hw[1]
-        if inputs != layer.num_inputs:
-            raise s.error(f"the layer before outputs {inputs} values ({ctx.c_in} x {hw[0]} x {hw[1]}), but side="
-                          f"{settings.side}, num={settings.num}, coords=4 and classes={classes} need "
-                          f"{settings.side}*{settings.side}*((1+4)*{settings.num}+{classes}) = {layer.num_inputs}")
+        layer.section_where = s.where()
         return layer
 
     def out_hw(self, in_hw: tuple[int, int], refs: list[RefMap]) -> tuple[int, int]:
+        """Its input, checked: the map before it must hold exactly ``num_inputs`` values (Darknet's
+        YOLOv1 runs at its [net] size only)."""
+        inputs = self.out_channels * in_hw[0] * in_hw[1]
+        if inputs != self.num_inputs:
+            s = self.settings
+            raise ConfigError(f"{self.section_where or self.where}: the layer before outputs {inputs} values "
+                              f"({self.out_channels} x {in_hw[0]} x {in_hw[1]}), but side={s.side}, num={s.num}, "
+                              f"coords=4 and classes={self.num_classes} need {s.side}*{s.side}*((1+4)*{s.num}+"
+                              f"{self.num_classes}) = {self.num_inputs}")
         return in_hw
 
     def split(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

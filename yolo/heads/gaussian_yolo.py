@@ -11,9 +11,10 @@ here carries the objectness and ``class * (1 - mean sigma)``, so
 Loss: the [yolo] loss (:mod:`yolo.heads.yolo_loss`, Darknet's assignment, objectness, classes and
 the ``iou_loss`` box term) on the mean entries, plus the Gaussian negative log-likelihood of the
 assigned targets under each predicted (mu, sigma), which trains the uncertainties
-(``uc_normalizer`` scales it); with an IoU box loss the means get no NLL gradient (Darknet's
-IoU deltas replace its mean deltas there). Darknet's exact per-coordinate Gaussian deltas (their
-``2 - w*h`` scale and clipping) are not reproduced.
+(``uc_normalizer`` scales it; each sigma enters as ``sigma + 0.3``, Darknet's ``sigma_const``);
+with an IoU box loss the means get no NLL gradient (Darknet's IoU deltas replace its mean deltas
+there). The NLL may go below 0, so the logged box loss can be negative. Darknet's exact
+per-coordinate Gaussian deltas (their ``2 - w*h`` scale and clipping) are not reproduced.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from .base import Head, HeadLoss
 from .yolo import YOLOLayer, YoloSettings
 
 MEANS = [0, 2, 4, 6]
+SIGMA_CONST = 0.3  # Darknet's sigma_const: added to each sigma in the likelihood (keeps its gradient bounded)
 SIGMAS = [1, 3, 5, 7]
 
 
@@ -214,7 +216,7 @@ class GaussianYoloLoss(HeadLoss):
             mu = a[:, MEANS]
             if head.settings.iou_loss != "mse":
                 mu = mu.detach()
-            sigma = a[:, SIGMAS].clamp(min=1e-4)
+            sigma = a[:, SIGMAS] + SIGMA_CONST
             nll = torch.log(sigma) + 0.5 * ((t - mu) / sigma).square()  # -log N(t | mu, sigma) + const
             lbox = lbox + head.uc_normalizer * nll.sum()
         return lbox, lobj, lcls
