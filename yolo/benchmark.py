@@ -249,8 +249,10 @@ def plot(table: dict[str, Any], path: Path) -> Path:
     ax.set_ylim(0, max(ms) * 1.3)
     h, w = table["img_size"]
     ax.set_title(f"{Path(table['cfg']).name} @ {h}x{w}: green = fastest accurate; ratio to OpenCV DNN", fontsize=9)
-    fig.text(0.01, 0.01, table["header"][:150], fontsize=5)
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    import textwrap
+
+    fig.text(0.01, 0.01, "\n".join(textwrap.wrap(table["header"], 140)), fontsize=5)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

@@ -13,7 +13,8 @@ When nothing was measured (:func:`fallback_engine`), measured on the 2-core AVX2
 1. an ``.onnx`` given: onnxruntime (OpenVINO when onnxruntime is missing);
 2. a cfg OpenCV DNN reads: ``opencv``. Its Winograd 3x3 convolutions beat every other engine on
    dense models on AVX2 (yolov3-tiny: onnxruntime 1.2x, torch 1.4x its time; yolov3: all
-   >= 1.3x), and on depthwise models without an ``.onnx`` it still beats torch eager (2.1x);
+   >= 1.3x), and on depthwise models without an ``.onnx`` it still beats torch eager
+   (channels_last, as our torch engine runs: 1.1-1.4x);
 3. else (our own blocks: Res2Net, ResNet/SCNet bottlenecks, ACNet before deploy): ``torch``.
 
 onnxruntime wins on depthwise models (yolo-fastest-1.1: 0.49-0.64x OpenCV), but only from an
@@ -29,8 +30,11 @@ from typing import Any, Mapping, Sequence
 
 CACHE_NAME = "auto.json"
 #: an entry keeps accuracy when the benchmark says so (``ok``); these are its default limits:
-#: max |difference| to torch fp32 (boxes / input size, scores), or mAP lost on --data
-ACCURACY_LIMITS = {"fp32": 1e-4, "bf16": 3e-2, "fp16": 3e-2, "int8": 5e-2}
+#: max |difference| to torch fp32 (boxes / input size, scores), or mAP lost on --data. fp32: 5e-3,
+#: not 1e-4: OpenCV's Winograd 3x3 convolutions sum in another order, which trained weights
+#: amplify (measured 1.5e-3 on the shipped yolo-fastest-1.1 @320, <= 4e-6 on random weights;
+#: tests/test_parity_opencv.py allows 5e-3 on the sample photos for the same reason)
+ACCURACY_LIMITS = {"fp32": 5e-3, "bf16": 3e-2, "fp16": 3e-2, "int8": 5e-2}
 MAP_LIMITS = {"fp32": 0.001, "bf16": 0.005, "fp16": 0.005, "int8": 0.01}
 
 
