@@ -465,3 +465,51 @@ def test_gaussian_uncertainty_term_prefers_sigma_near_the_error(tmp_path):
 
     # a confident (tiny sigma) and a hopeless (sigma ~ 1) uncertainty both cost more than a middle one
     assert box_loss(-8.0) > box_loss(0.0) < box_loss(8.0)
+
+
+@pytest.mark.parametrize("kind", sorted(HEADS))
+def test_the_heads_export_to_onnx_with_the_same_outputs(tmp_path, kind):
+    ort = pytest.importorskip("onnxruntime")
+    cfg = tmp_path / f"{kind}.cfg"
+    cfg.write_text("[net]\nwidth=64\nheight=64\nchannels=3\n\n" + BACKBONE + HEADS[kind])
+    model = Darknet(cfg, warn_unused=False).eval()
+    model.export_onnx(tmp_path / "m.onnx")
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        ours = model(x).numpy()
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"))
+    theirs = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    np.testing.assert_allclose(theirs, ours, atol=1e-4, rtol=1e-4)
+
+
+TRAIN_BACKBONE = "".join(f"[convolutional]\nbatch_normalize=1\nfilters={f}\nsize=3\nstride={s}\npad=1\n"
+                         f"activation=leaky\n\n" for f, s in ((16, 2), (32, 2), (48, 2), (64, 2), (64, 1)))
+TRAIN_HEADS = {
+    "region": HEADS["region"].replace("anchors=0.6,0.7, 1.2,1.2, 2.0,2.0, 2.5,1.5, 1.5,2.5",
+                                      "anchors=0.6,0.6, 1.0,1.0, 1.5,1.5, 2.0,2.0, 2.6,2.6") + "jitter=.1\n",
+    "gaussian": HEADS["gaussian"].replace("anchors=8,8, 14,14, 20,20", "anchors=12,12, 22,22, 36,36") + "jitter=.1\n",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", sorted(TRAIN_HEADS))
+def test_the_trainer_trains_the_head_map_rises(tmp_path, kind):
+    """Through the Trainer on the shapes set (128 px, 4 epochs of 8 steps): the loss falls and the
+    mAP@.5 rises (measured: [region] 0.09 -> 0.47, [Gaussian_yolo] 0.42 -> 0.78 in 6 epochs)."""
+    from yolo.trainer import TrainOptions, read_results, train
+
+    from train_synth import make_dataset
+
+    data = make_dataset(tmp_path / "data", n_train=128, n_valid=32, size=128)
+    net = (FIXTURES / "train_tiny.cfg").read_text().split("[convolutional]")[0]
+    cfg = tmp_path / f"{kind}.cfg"
+    cfg.write_text(net + TRAIN_BACKBONE + TRAIN_HEADS[kind])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        summary = train(TrainOptions(cfg=str(cfg), data=str(data), output=str(tmp_path / "run"), epochs=4,
+                                     workers=0, progress=False), torch.device("cpu"))
+    rows = read_results(tmp_path / "run" / "results.csv")
+    assert len(rows) == 4
+    loss = [r["box"] + r["obj"] + r["cls"] for r in rows]
+    assert loss[-1] < loss[0], rows
+    assert summary["best_map50"] > rows[0]["map50"] + 0.05, rows
