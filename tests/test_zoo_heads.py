@@ -178,6 +178,9 @@ def test_region_prints_as_detection_in_the_layer_table(tmp_path):
                    "[region]\nclasses=3\nnum=2\nsoftmax=1\n")
     rows = layer_table(Darknet(cfg, warn_unused=False))
     assert rows[-1].type == "detection" and rows[-1].bflops == 0.0
+    gauss = GOLDEN / "gaussian_yolo" / "gaussian_yolo.cfg"
+    g = layer_table(Darknet(gauss, warn_unused=False)) if gauss.is_file() else []
+    assert [r.type for r in g if r.type.lower().startswith("gauss")] == ["Gaussian_yolo"] * (2 if g else 0)
 
 
 @pytest.mark.skipif(not (ZOO / "data" / "9k.tree").is_file(), reason="the zoo's data/9k.tree is absent")

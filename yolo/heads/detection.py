@@ -155,7 +155,8 @@ class DetectionLayer(Head):
     # --- what the code above the model asks a head -----------------------------------------------
     def info_row(self, index: int, section: Section, inp: Shape | None, out: Shape,
                  convs: ConvFigures) -> LayerRow:
-        return LayerRow(index, "detection", "", "", inp, out, 0.0)
+        """Darknet's make_detection_layer prints "Detection Layer"."""
+        return LayerRow(index, "Detection Layer", "", "", inp, out, 0.0)
 
     @classmethod
     def make_loss(cls, heads: Sequence["DetectionLayer"]) -> HeadLoss:

@@ -25,6 +25,7 @@ import torch
 
 from ..boxes import wh_iou
 from ..cfg import Section
+from ..layer_table import ConvFigures, LayerRow, Shape
 from ..registry import BuildContext, register
 from .base import Head, HeadLoss
 from .yolo import YOLOLayer, YoloSettings
@@ -134,6 +135,11 @@ class GaussianYOLOLayer(Head):
     def extra_repr(self) -> str:
         return (f"classes={self.num_classes}, anchors={self.anchors.tolist()}, stride={self.out_stride}, "
                 f"scale_x_y={self.scale_x_y}")
+
+    def info_row(self, index: int, section: Section, inp: Shape | None, out: Shape,
+                 convs: ConvFigures) -> LayerRow:
+        """As Darknet's make_gaussian_yolo_layer prints it (the parser lower-cases our section names)."""
+        return LayerRow(index, "Gaussian_yolo", "", "", inp, out, 0.0)
 
     def mean_view(self) -> YOLOLayer:
         """A plain [yolo] layer with these anchors and settings, for the mean entries' loss."""
