@@ -83,8 +83,10 @@ def load_backend(cfg: str | Path | None, weights: str | Path, backend: str | Non
     if backend == "auto":  # the measured fastest for this model and machine, else a documented order
         from .auto import resolve_auto
 
-        backend, precision, weights, why = resolve_auto(cfg, weights)
-        engine = load_backend(cfg, weights, backend, precision, device, names, threads)
+        backend, precision, chosen, why = resolve_auto(cfg, weights)
+        if str(chosen) != str(weights):  # the benchmark's .onnx: it carries its model info, so no cfg
+            cfg = None  # (checking it against the cfg would build the model, importing torch)
+        engine = load_backend(cfg, chosen, backend, precision, device, names, threads)
         plain = engine.describe()
         engine.describe = lambda: f"{plain} (auto: {why})"  # type: ignore[method-assign]
         engine.info.extra["auto"] = why
