@@ -6,14 +6,23 @@ otherwise; :func:`box_convert` is the one conversion between xyxy, xywh (COCO) a
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import cv2
 import numpy as np
-import torch
 
-Array = TypeVar("Array", torch.Tensor, np.ndarray)
+if TYPE_CHECKING:  # the numpy part needs no torch; tensors are handled where torch is loaded
+    import torch
+
+Array = TypeVar("Array", "torch.Tensor", np.ndarray)
+
+
+def _is_tensor(x: object) -> bool:
+    """A torch tensor (only possible once torch is imported: never imports it)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
 LETTERBOX_FILL = 127  # Darknet pads with 0.5 grey
 
 
@@ -68,12 +77,21 @@ def fit_image(img: np.ndarray, size_hw: tuple[int, int], letter_box: bool) -> tu
     return out, Geometry((h0, w0), (nw / w0, nh / h0), (float(left), float(top)))
 
 
-def to_tensor(images: list[np.ndarray], bgr: bool = True) -> torch.Tensor:
-    """HWC uint8 images of one size -> float tensor (B, 3, H, W) RGB in [0, 1]."""
+def to_array(images: list[np.ndarray], bgr: bool = True) -> np.ndarray:
+    """HWC uint8 images of one size -> float32 array (B, 3, H, W) RGB in [0, 1] (the engine input)."""
     batch = np.stack(images)
     if bgr:
         batch = batch[..., ::-1]
-    return torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2))).float().div_(255.0)
+    out = np.ascontiguousarray(batch.transpose(0, 3, 1, 2)).astype(np.float32)
+    out /= np.float32(255.0)  # the same float32 values as torch's .float().div_(255) (checked for 0..255)
+    return out
+
+
+def to_tensor(images: list[np.ndarray], bgr: bool = True) -> "torch.Tensor":
+    """HWC uint8 images of one size -> float tensor (B, 3, H, W) RGB in [0, 1] (:func:`to_array`)."""
+    import torch
+
+    return torch.from_numpy(to_array(images, bgr))
 
 
 BoxFormat = Literal["xyxy", "xywh", "cxcywh"]
@@ -88,7 +106,7 @@ def box_convert(b: Array, in_fmt: BoxFormat, out_fmt: BoxFormat) -> Array:
     """
     if in_fmt not in _FORMATS or out_fmt not in _FORMATS:
         raise ValueError(f"box format must be one of {_FORMATS}, got '{in_fmt}' -> '{out_fmt}'")
-    out = b.clone() if isinstance(b, torch.Tensor) else np.array(b, copy=True)
+    out = b.clone() if _is_tensor(b) else np.array(b, copy=True)
     if in_fmt == out_fmt:
         return out
     if in_fmt == "cxcywh":
@@ -107,19 +125,19 @@ def box_convert(b: Array, in_fmt: BoxFormat, out_fmt: BoxFormat) -> Array:
 
 def normalize_boxes(b: Array, width: float, height: float) -> Array:
     """Pixel boxes ``[..., 4]`` (any format) -> fractions of the image's width and height."""
-    scale = b.new_tensor([width, height] * 2) if isinstance(b, torch.Tensor) else np.array([width, height] * 2, b.dtype)
+    scale = b.new_tensor([width, height] * 2) if _is_tensor(b) else np.array([width, height] * 2, b.dtype)
     return b / scale
 
 
 def denormalize_boxes(b: Array, width: float, height: float) -> Array:
     """Fractions of the image's width and height (any format) -> pixels."""
-    scale = b.new_tensor([width, height] * 2) if isinstance(b, torch.Tensor) else np.array([width, height] * 2, b.dtype)
+    scale = b.new_tensor([width, height] * 2) if _is_tensor(b) else np.array([width, height] * 2, b.dtype)
     return b * scale
 
 
 def clip_boxes(b: Array, width: float, height: float) -> Array:
     """xyxy boxes ``[..., 4]`` clipped to the image, in place; returns them."""
-    if isinstance(b, torch.Tensor):
+    if _is_tensor(b):
         b[..., 0::2] = b[..., 0::2].clamp(0, width)
         b[..., 1::2] = b[..., 1::2].clamp(0, height)
     else:
@@ -136,7 +154,9 @@ def box_iou(a: Array, b: Array) -> Array:
 
     A tensor in: computed in its dtype, the union clamped at 1e-9 (the loss, detect). An array in:
     float64, 0 where the union is empty (Darknet's ``detector map`` matching)."""
-    if isinstance(a, torch.Tensor):
+    if _is_tensor(a):
+        import torch
+
         area_a = (a[:, 2] - a[:, 0]).clamp(min=0) * (a[:, 3] - a[:, 1]).clamp(min=0)
         area_b = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
         lt = torch.max(a[:, None, :2], b[None, :, :2])
@@ -158,9 +178,11 @@ def box_iou(a: Array, b: Array) -> Array:
 IOU_KINDS = ("iou", "giou", "diou", "ciou")
 
 
-def paired_iou(a: torch.Tensor, b: torch.Tensor, kind: str = "iou", eps: float = 1e-9) -> torch.Tensor:
+def paired_iou(a: "torch.Tensor", b: "torch.Tensor", kind: str = "iou", eps: float = 1e-9) -> "torch.Tensor":
     """Element-wise IoU / GIoU / DIoU / CIoU ``Tensor[N]`` of paired boxes ``Tensor[N, 4]`` given as
     cx, cy, w, h (the box loss; ``kind`` is ``[yolo] iou_loss``, ``mse`` meaning plain IoU)."""
+    import torch
+
     a1, a2 = a[:, :2] - a[:, 2:] / 2, a[:, :2] + a[:, 2:] / 2
     b1, b2 = b[:, :2] - b[:, 2:] / 2, b[:, :2] + b[:, 2:] / 2
     inter = (torch.min(a2, b2) - torch.max(a1, b1)).clamp(min=0).prod(1)
@@ -186,7 +208,9 @@ def wh_iou(wh1: Array, wh2: Array) -> Array:
     """IoU matrix ``[N, M]`` of boxes sharing a centre, given widths/heights ``[N, 2]``, ``[M, 2]``
     (anchor matching, ``calc_anchors``). A tensor in: the union clamped at 1e-9; an array in: as
     given (callers pass positive sizes), in its dtype."""
-    if isinstance(wh1, torch.Tensor):
+    if _is_tensor(wh1):
+        import torch
+
         inter = torch.min(wh1[:, None], wh2[None]).prod(2)
         return inter / (wh1.prod(1)[:, None] + wh2.prod(1)[None] - inter).clamp(min=1e-9)
     bw, bh = wh1[:, 0:1], wh1[:, 1:2]
@@ -221,7 +245,7 @@ def darknet_overlap(a: np.ndarray, b: np.ndarray, kind: str, beta_nms: float | N
 MAX_CANDIDATES = 5000  # per image, highest scores first: OpenCV's NMS costs candidates x kept
 
 
-def postprocess(pred: torch.Tensor, conf_thres: float = 0.25, nms_thres: float = 0.45,
+def postprocess(pred: "np.ndarray | torch.Tensor", conf_thres: float = 0.25, nms_thres: float = 0.45,
                 max_det: int = 100, classes: list[int] | None = None,
                 max_candidates: int = MAX_CANDIDATES) -> list[np.ndarray]:
     """Eval-mode output (B, N, 5+C) -> per image ``ndarray[K, 6]``: x1, y1, x2, y2, score, class.
@@ -231,29 +255,29 @@ def postprocess(pred: torch.Tensor, conf_thres: float = 0.25, nms_thres: float =
     Boxes are in network-input pixels. At most ``max_candidates`` (the highest scores) per
     image enter NMS: an untrained model at conf 0.001 has ~80 k candidates per image, which
     would take OpenCV's NMS ~25 s per image; a trained one has ~1 k, so mAP is unaffected.
+    Numpy throughout (a torch tensor is read as its float32 array): no torch needed.
     """
+    pred = _as_float32(pred)
     b, _, attrib = pred.shape
     num_classes = attrib - 5
-    pred = pred.detach().float()
     scores = pred[..., 5:] * pred[..., 4:5]  # (B, N, C)
     if classes is not None:
-        keep_cls = torch.zeros(num_classes, dtype=torch.bool, device=pred.device)
+        keep_cls = np.zeros(num_classes, dtype=bool)
         keep_cls[[c for c in classes if 0 <= c < num_classes]] = True
         scores = scores * keep_cls
-    img_i, box_i, cls_i = (scores > conf_thres).nonzero(as_tuple=True)
+    img_i, box_i, cls_i = np.nonzero(scores > conf_thres)  # row-major, as torch's nonzero
     empty = np.zeros((0, 6), np.float32)
-    if img_i.numel() == 0:
+    if img_i.size == 0:
         return [empty.copy() for _ in range(b)]
     xywh = pred[img_i, box_i, :4]
-    cand = torch.cat((box_convert(xywh, "cxcywh", "xyxy"), scores[img_i, box_i, cls_i, None],
-                      cls_i[:, None].float()), 1)
-    cand = cand.cpu().numpy()
-    rects = xywh.cpu().numpy().astype(np.float64)
+    cand = np.concatenate((box_convert(xywh, "cxcywh", "xyxy"), scores[img_i, box_i, cls_i, None],
+                           cls_i[:, None].astype(np.float32)), 1)
+    rects = xywh.astype(np.float64)
     rects[:, :2] -= rects[:, 2:] / 2  # x, y, w, h as OpenCV's Rect2d
-    labels = cand[:, 5].astype(np.int32)
+    labels = cls_i.astype(np.int32)
     # candidates come image by image (nonzero is row-major); NMS costs candidates x kept,
     # so one call per image is much cheaper than one call over the whole batch
-    bounds = np.searchsorted(img_i.cpu().numpy(), np.arange(b + 1))
+    bounds = np.searchsorted(img_i, np.arange(b + 1))
     out = []
     for i in range(b):
         lo, hi = bounds[i], bounds[i + 1]
@@ -269,3 +293,10 @@ def postprocess(pred: torch.Tensor, conf_thres: float = 0.25, nms_thres: float =
         kept = kept[np.argsort(-cand[kept, 4], kind="stable")][:max_det]
         out.append(cand[kept])
     return out
+
+
+def _as_float32(pred: Any) -> np.ndarray:
+    """Engine output as a float32 array (a torch tensor detached and brought to the CPU)."""
+    if _is_tensor(pred):
+        pred = pred.detach().float().cpu().numpy()
+    return np.asarray(pred, dtype=np.float32)

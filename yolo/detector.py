@@ -1,21 +1,20 @@
 """The ``Detector`` Python API: one BGR image (or a list of them) -> ``ndarray[K, 6]`` boxes.
 
 Three steps: ``prepare`` (resize/letterbox by :mod:`yolo.boxes`, checks the input), the engine
-(:mod:`yolo.backends`: torch or onnxruntime, in the precision asked for; the only place that knows
-about the model, its device and its precision) and post-processing (score threshold, NMS, boxes
-mapped back to the original pixels), the same whichever engine runs. The checks of what it is
-given live in :mod:`yolo.detect_inputs`.
+(:mod:`yolo.backends`: torch, onnxruntime, OpenCV ..., in the precision asked for; the only place
+that knows about the model, its device and its precision; numpy in, numpy out) and post-processing
+(score threshold, NMS, boxes mapped back to the original pixels), the same whichever engine runs.
+The checks of what it is given live in :mod:`yolo.detect_inputs`.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import torch
 
 from .backends import BackendError, load_backend
-from .boxes import Geometry, fit_image, postprocess, to_tensor
+from .boxes import Geometry, fit_image, postprocess, to_array
 from .detect_inputs import (
     DATA_DIR,
     DetectError,
@@ -27,6 +26,9 @@ from .detect_inputs import (
     load_names,
     resolve_names,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["DATA_DIR", "DetectError", "Detector", "as_batch", "check_image", "class_ids", "default_names_for",
            "image_size", "load_names", "resolve_names"]
@@ -40,7 +42,7 @@ class Detector:
     """
 
     def __init__(self, cfg: str | Path | None, weights: str | Path, names: str | Path | Sequence[str] | None = None,
-                 device: str | torch.device = "cpu", img_size: int | Sequence[int] | None = None,
+                 device: "str | torch.device" = "cpu", img_size: int | Sequence[int] | None = None,
                  conf_thres: float = 0.25, nms_thres: float = 0.45, max_det: int = 100,
                  classes: Sequence[int | str] | None = None, half: bool = False, batch_size: int = 16,
                  backend: str | None = None, precision: str | None = None, threads: int | None = None) -> None:
@@ -72,18 +74,17 @@ class Detector:
         """One HWC uint8 image -> network-size image and the geometry to map boxes back."""
         return fit_image(check_image(img, what), self.img_size, self.letter_box)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The engine: ``Tensor[B, 3, H, W]`` RGB in [0, 1] on the CPU -> raw ``(B, N, 5 + C)``
-        float32 predictions in input pixels (:mod:`yolo.backends`)."""
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """The engine: ``ndarray[B, 3, H, W]`` float32 RGB in [0, 1] -> raw ``(B, N, 5 + C)``
+        float32 predictions in input pixels (:mod:`yolo.backends`; torch only inside its engine)."""
         return self.engine(x)
 
-    @torch.inference_mode()
     def detect_prepared(self, prepared: Sequence[np.ndarray], geometries: Sequence[Geometry],
                         rgb: bool = False) -> list[np.ndarray]:
         """A batch of prepared images -> per image ``ndarray[K, 6]`` in original pixels."""
         if not prepared:
             return []
-        pred = self.forward(to_tensor(list(prepared), bgr=not rgb))
+        pred = self.forward(to_array(list(prepared), bgr=not rgb))
         dets = postprocess(pred, self.conf_thres, self.nms_thres, self.max_det, self.classes)
         for d, geometry in zip(dets, geometries):
             d[:, :4] = geometry.to_original(d[:, :4])

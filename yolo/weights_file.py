@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .assets import WEIGHTS_DIR
 from .cfg import resolve_path
 from .errors import YoloError
+
+if TYPE_CHECKING:  # torch is imported where a checkpoint is read: its path names no torch at import
+    import torch
 
 __all__ = ["WEIGHTS_DIR", "CheckpointError", "first_line", "load_checkpoint", "load_weights"]
 
@@ -33,6 +34,8 @@ def first_line(e: BaseException, limit: int = 160) -> str:
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     try:
+        import torch
+
         state = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint not found: '{path}'") from None

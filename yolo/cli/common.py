@@ -14,19 +14,19 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Callable, NoReturn, Sequence
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable, NoReturn, Sequence
 
 from ..assets import DEFAULT_CFG, DEFAULT_WEIGHTS
 from ..backends import PRECISIONS, BackendError, backend_for, engine_class, engine_names
 from ..cfg import ConfigError
 from ..errors import YoloError
 from ..io import InputFileError
-from ..weights import WeightsError
-from ..weights_file import CheckpointError
 
-__all__ = ["DEFAULT_CFG", "DEFAULT_WEIGHTS", "EXIT_CODES", "EXIT_INTERRUPTED", "EXIT_USER_ERROR", "USER_ERRORS",
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["DEFAULT_CFG", "DEFAULT_WEIGHTS", "EXIT_CODES", "EXIT_INTERRUPTED", "EXIT_USER_ERROR",
+           "USER_ERRORS",  # noqa: F822 (built on first use by the module's __getattr__)
            "ArgumentParser", "UserError", "add_img_size_arg", "add_model_args", "engine_args", "exit_code",
            "increment_dir", "one_line", "parse_device", "parse_img_size", "size_token", "user_errors"]
 
@@ -50,11 +50,18 @@ EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (FileExistsError, EXIT_USER_ERROR),
 )
 
-#: Exceptions that describe the user's input rather than a bug (the table's exit-code-2 rows;
-#: the named ones are YoloErrors, listed for readers and for tools that extend the tuple).
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    UserError, ConfigError, WeightsError, CheckpointError, InputFileError, BackendError,
-) + tuple(cls for cls, code in EXIT_CODES if code == EXIT_USER_ERROR)
+
+def __getattr__(name: str) -> Any:
+    """``USER_ERRORS``: exceptions that describe the user's input rather than a bug (the table's
+    exit-code-2 rows; the named ones are YoloErrors, listed for readers and for tools that extend the
+    tuple). Built on first use: the weights modules that define two of them import torch."""
+    if name == "USER_ERRORS":
+        from ..weights import WeightsError
+        from ..weights_file import CheckpointError
+
+        return (UserError, ConfigError, WeightsError, CheckpointError, InputFileError, BackendError,
+                ) + tuple(cls for cls, code in EXIT_CODES if code == EXIT_USER_ERROR)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def exit_code(exc: BaseException, extra: Sequence[type[BaseException]] = ()) -> int | None:
@@ -74,11 +81,19 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message} (see --help)")
 
 
-def parse_device(spec: str | torch.device | None) -> torch.device:
-    """``cpu``, ``cuda``, ``cuda:1`` or a bare index ``1`` -> a checked ``torch.device``."""
-    if isinstance(spec, torch.device):
+def parse_device(spec: "str | torch.device | None") -> "torch.device":
+    """``cpu``, ``cuda``, ``cuda:1`` or a bare index ``1`` -> a checked ``torch.device`` (the CPU in a
+    process that has not loaded torch: :class:`yolo.backends.base.Device`, so an engine without torch
+    never imports it)."""
+    if not isinstance(spec, (str, type(None))):
         spec = str(spec)
     text = (spec or "cpu").strip().lower()
+    if text == "cpu" and "torch" not in sys.modules:
+        from ..backends.base import Device
+
+        return Device("cpu")  # type: ignore[return-value]
+    import torch
+
     if re.fullmatch(r"\d+", text):
         text = f"cuda:{text}"
     try:
