@@ -207,3 +207,51 @@ def test_library_code_does_not_raise_the_cli_error():
     for m in users + ["yolo.export"]:
         path = modules()[m][0]
         assert "raise UserError" not in path.read_text(), f"{m} raises the command line's UserError"
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 19: the inference path imports no torch at module level (torch only where its engine runs)
+# ---------------------------------------------------------------------------------------------
+#: the modules detect.py on an .onnx or a plain Darknet cfg goes through
+TORCH_FREE = ("yolo.detector", "yolo.detect_inputs", "yolo.sources", "yolo.outputs", "yolo.boxes",
+              "yolo.backends", "yolo.backends.base", "yolo.backends.ort", "yolo.backends.opencv",
+              "yolo.backends.pytorch", "yolo.weights_file", "yolo.cli.detect", "yolo.cli.common")
+
+
+def module_level_imports(path: Path, name: str, is_package: bool, known: set[str]) -> set[str]:
+    """What importing the module runs: its imports outside functions (and outside ``if
+    TYPE_CHECKING:``), as package modules or bare top-level names (``torch``)."""
+    package = name if is_package else name.rpartition(".")[0]
+    found, todo = set(), [ast.parse(path.read_text(encoding="utf-8"))]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            continue
+        if isinstance(node, ast.If) and _skipped(node):
+            todo.extend(node.orelse)
+            continue
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([node.module] if node.module else []))
+            for alias in node.names:
+                sub = f"{base}.{alias.name}"
+                found.add(sub if sub in known else base)
+        todo.extend(ast.iter_child_nodes(node))
+    out = set()
+    for target in found:  # importing a.b.c runs a and a.b first
+        parts = target.split(".")
+        out.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return {t for t in out if t in known or "." not in t}
+
+
+@pytest.mark.parametrize("module", TORCH_FREE)
+def test_inference_reaches_no_torch_at_import(module):
+    known = modules()
+    graph = {n: module_level_imports(p, n, pkg, set(known)) for n, (p, pkg) in known.items()}
+    parents = reach(graph, module)
+    bad = [path_to(parents, m) for m in parents if m == "torch" or m.startswith("torch.")]
+    assert not bad, f"{module} imports torch at import time: " + "; ".join(bad)
