@@ -516,3 +516,35 @@ def test_the_trainer_trains_the_head_map_rises(tmp_path, kind):
     loss = [r["box"] + r["obj"] + r["cls"] for r in rows]
     assert loss[-1] < loss[0], rows
     assert summary["best_map50"] > rows[0]["map50"] + 0.05, rows
+
+
+@pytest.mark.skipif(not ZOO.is_dir(), reason=f"{ZOO} is absent")
+@pytest.mark.parametrize("name", ["yolov2-tiny.cfg", "tiny-yolo-voc.cfg"])
+def test_zoo_region_detectors_match_opencv_on_random_weights(tmp_path, name):
+    """OpenCV DNN reads [region]: its output rows (row, col, anchor order; x, y, w, h relative,
+    objectness, objectness x class zeroed under its threshold) equal ours at 128x128."""
+    cv2 = pytest.importorskip("cv2")
+    from helpers import randomize
+
+    text = re.sub(r"^(width|height)=\d+", r"\1=128", (ZOO / name).read_text(), flags=re.M)
+    cfg = tmp_path / name
+    cfg.write_text(text)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = randomize(Darknet(cfg), seed=1).eval()
+    model.save_darknet_weights(tmp_path / "w.weights")
+    net = cv2.dnn.readNetFromDarknet(str(cfg), str(tmp_path / "w.weights"))
+    x = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    net.setInput(x.numpy())
+    theirs = net.forward()
+    with torch.no_grad():
+        ours = model(x)[0].numpy()
+    head = model.heads[0]
+    g = 128 // int(head.out_stride)
+    ours = ours.reshape(head.num_anchors, g, g, -1).transpose(1, 2, 0, 3).reshape(theirs.shape)
+    np.testing.assert_allclose(theirs[:, :4], ours[:, :4] / 128, atol=1e-4)
+    np.testing.assert_allclose(theirs[:, 4], ours[:, 4], atol=1e-5)
+    prob = ours[:, 4:5] * ours[:, 5:]
+    kept = theirs[:, 5:] > 0
+    np.testing.assert_allclose(theirs[:, 5:][kept], prob[kept], atol=1e-5)
+    assert not (prob[~kept] > 0.25).any()  # what OpenCV zeroes is under its threshold here too
