@@ -237,7 +237,8 @@ def plot(table: dict[str, Any], path: Path) -> Path:
     ms = [r["forward_ms"] for r in rows]
     colors = ["tab:green" if (r["engine"], r["precision"]) == (best["engine"], best["precision"])
               else ("tab:blue" if r["ok"] else "tab:gray") for r in rows]
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.3 * len(rows) + 1), 3.6))
+    width = max(6.5, 1.3 * len(rows) + 1)
+    fig, ax = plt.subplots(figsize=(width, 3.8))
     bars = ax.bar(labels, ms, color=colors)
     for bar, r in zip(bars, rows):
         text = f"{r['forward_ms']:.1f}"
@@ -248,10 +249,11 @@ def plot(table: dict[str, Any], path: Path) -> Path:
     ax.set_ylabel("forward ms, batch 1 (median)")
     ax.set_ylim(0, max(ms) * 1.3)
     h, w = table["img_size"]
-    ax.set_title(f"{Path(table['cfg']).name} @ {h}x{w}: green = fastest accurate; ratio to OpenCV DNN", fontsize=9)
+    ax.set_title(f"{Path(table['cfg']).name} @ {h}x{w}, batch 1\ngreen: fastest that keeps accuracy; "
+                 "grey: accuracy not kept; under each figure its ratio to OpenCV DNN", fontsize=8)
     import textwrap
 
-    fig.text(0.01, 0.01, "\n".join(textwrap.wrap(table["header"], 140)), fontsize=5)
+    fig.text(0.01, 0.01, "\n".join(textwrap.wrap(table["header"], int(width * 20))), fontsize=5)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
