@@ -38,6 +38,8 @@ class BuildContext:
     channels: list[int] = field(default_factory=list)  # output channels per section so far
     strides: list[float] = field(default_factory=list)  # output stride per section so far
     input_size: Optional[tuple[int, int]] = None  # (height, width) from [net], when known
+    # exact (height, width) per section so far at the [net] size (None: unknown), kept by build_block
+    hws: list[Optional[tuple[int, int]]] = field(default_factory=list)
 
     @property
     def c_in(self) -> int:
@@ -52,6 +54,27 @@ class BuildContext:
         if self.input_size is None:
             return None
         return tuple(int(v // self.stride_in) for v in self.input_size)
+
+    def map_hw_in(self) -> Optional[tuple[int, int]]:
+        """Exact (height, width) of this section's input at the [net] size (each earlier block's
+        ``out_hw``), for blocks sized by their input map ([connected], [local]); None when unknown."""
+        if self.input_size is None or len(self.hws) != len(self.channels):
+            return None
+        return self.hws[-1] if self.hws else self.input_size
+
+    def record_hw(self, block: "Block") -> None:
+        """Append ``block``'s output size at the [net] size; None where it cannot be had (a bad join
+        or a vanished map: ``infer_shapes`` reports those, with its own messages, after the build)."""
+        hw_in = self.map_hw_in()
+        hw = None
+        if hw_in is not None and all(0 <= j < len(self.hws) and self.hws[j] is not None for j in block.inputs):
+            try:
+                hw = block.out_hw(hw_in, [RefMap(j, "", self.hws[j]) for j in block.inputs])
+            except (ConfigError, ValueError, IndexError, ArithmeticError):
+                hw = None
+            if hw is not None and min(hw) < 1:
+                hw = None
+        self.hws.append(hw)
 
     def layer_index(self, section: Section, value: int, key: str) -> int:
         """Darknet layer reference (negative: relative to this section) -> absolute index."""
@@ -155,6 +178,7 @@ def build_block(section: Section, ctx: BuildContext) -> Block:
     block = factory(section, ctx)
     block.where = section.where()
     block.in_stride = ctx.stride_in
+    ctx.record_hw(block)
     return block
 
 

@@ -1,15 +1,20 @@
 """The Darknet ``.weights`` file: header, then float32 tensors in the blocks' declared order.
 
-Knows no block type: the stream order comes from each block's ``weight_units()``.
+Knows no block type: the stream order comes from each block's ``weight_units()``: a (conv, BatchNorm or
+None) pair is written as Darknet writes a convolution (biases or BN beta, BN scales, mean, variance,
+then the kernel); a unit with another layout (a ``[connected]``: biases, weights, then its BatchNorm)
+is an :class:`OrderedUnit` listing its own tensors in file order.
 """
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import torch
+from torch import nn
 
 from .errors import YoloError
 from .io import atomic_write
@@ -24,11 +29,29 @@ class WeightsError(YoloError):
     """A ``.weights`` file that does not fit the network (names the section and counts)."""
 
 
+@dataclass(frozen=True)
+class OrderedUnit:
+    """A ``weight_units()`` entry that is not a (conv, BatchNorm) pair: ``tensors`` in the order Darknet's
+    file holds them, ``owners`` the modules they belong to. Iterating it gives the owners, as iterating a
+    (conv, bn) pair gives its modules, so code that collects a block's weight modules needs no case."""
+
+    owners: tuple[nn.Module, ...]
+    tensors: tuple[torch.Tensor, ...]
+
+    def __iter__(self) -> Iterator[nn.Module]:
+        return iter(self.owners)
+
+
 def stream(model: "Darknet", cutoff: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
     """(section index, tensor) in ``.weights`` order for the first ``cutoff`` sections."""
     blocks = list(model.module_list)[:cutoff]
     for index, block in enumerate(blocks):
-        for conv, bn in block.weight_units():
+        for unit in block.weight_units():
+            if isinstance(unit, OrderedUnit):
+                for tensor in unit.tensors:
+                    yield index, tensor
+                continue
+            conv, bn = unit
             if bn is not None:
                 yield index, bn.bias
                 yield index, bn.weight

@@ -1,2 +1,18 @@
 """Block families; importing this package registers every section type (heads: ``yolo.heads``)."""
-from . import acnet, conv, res2net, resnet, routing, scnet, yolo_layer  # noqa: F401  (registration by import)
+from . import (  # noqa: F401  (registration by import)
+    acnet,
+    batchnorm,
+    classifier,
+    contrastive,
+    conv,
+    crop,
+    dense,
+    gates,
+    pooling,
+    reorg,
+    res2net,
+    resnet,
+    routing,
+    scnet,
+    yolo_layer,
+)
