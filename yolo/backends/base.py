@@ -161,7 +161,7 @@ class Backend:
     def __init__(self, info: ModelInfo, precision: str, device: "torch.device") -> None:
         self.info = info
         self.precision = precision
-        self.device = device
+        self.device = as_device(device)  # a name ("cpu") becomes a Device: callers read .type / .index
 
     @classmethod
     def from_files(cls, cfg: str | Path | None, weights: str | Path, precision: str = "fp32",
