@@ -97,8 +97,11 @@ def test_eval_on_voc_and_yolo_forms(coco_src, tmp_path, fastest_cfg, fastest_wei
     out = tmp_path / "m.json"
     code = test_cli.main(["--cfg", str(fastest_cfg), "--weights", str(fastest_weights), "--data", str(yolo),
                           "--img-size", "320", "--conf-thres", "0.005", "--workers", "0", "--no-progress",
-                          "--metrics-json", str(out)])
+                          "--metrics-json", str(out), "--plots", str(tmp_path / "plots")])
     assert code == 0
+    written = {p.name for p in (tmp_path / "plots").iterdir()}  # test.py --plots: the end-of-training pictures too
+    assert {"confusion_matrix.png", "P_curve.png", "R_curve.png", "F1_curve.png", "val_pred.png",
+            "pr_curve_50.png"} <= written
     m_yolo = json.loads(out.read_text())
     # = evaluate(model, drop_crowd(coco_src), **kw): the Darknet form's figures (measured 0.1697 / 0.3261)
     assert (round(m_yolo["map"], 4), round(m_yolo["map50"], 4)) == (0.1697, 0.3261)

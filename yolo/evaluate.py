@@ -224,7 +224,7 @@ def evaluate(model: torch.nn.Module | Backend, info: DatasetInfo, img_size: int 
              save_json: str | Path | None = None, plots_dir: str | Path | None = None, verbose: bool = True,
              letter_box: bool | None = None, fuse: bool = False, metric: str = "coco", points: int = 101,
              iou_thres: float = 0.5, conf_thres_report: float = 0.25,
-             precision: str = "fp32") -> dict[str, Any]:
+             precision: str = "fp32", predictions: list | None = None) -> dict[str, Any]:
     """COCO mAP of ``model`` on ``info`` (the function train.py calls after each epoch).
 
     ``model`` is a ``Darknet`` (run by the torch engine) or any engine of :mod:`yolo.backends`
@@ -242,6 +242,10 @@ def evaluate(model: torch.nn.Module | Backend, info: DatasetInfo, img_size: int 
     per class ap, tp, fp). Its defaults are Darknet's: ``conf_thres`` 0.005 (COCO: 0.001) and no
     cap on detections per image (COCO: ``max_det`` 100); ``max_det=0`` means no cap. The COCO
     figures are then computed on those same detections.
+
+    ``predictions``: a list that gets ``(record, dets, (h, w))`` for each image scored, ``dets``
+    ``[K, 6]`` x1 y1 x2 y2 (original pixels, clipped) score class (what the pictures of
+    :mod:`yolo.plots_train` draw and match).
     """
     if metric not in ("coco", "darknet"):
         raise EvalError(f"metric must be 'coco' or 'darknet', got {metric!r}")
@@ -278,6 +282,11 @@ def evaluate(model: torch.nn.Module | Backend, info: DatasetInfo, img_size: int 
     sizes = [run.outputs[i][1].orig_hw for i in done]
     eval_records = [records[i] for i in done]
     dets = _coco_detections(run, records, info.category_ids)
+    if predictions is not None:
+        for i in done:
+            out, geom = run.outputs[i]
+            predictions.append((records[i], np.column_stack((geom.to_original(out[:, :4], dtype=np.float64),
+                                                             out[:, 4:6])).reshape(-1, 6), geom.orig_hw))
     if save_json:
         with atomic_write(save_json, "w") as f:
             json.dump(detections_to_json(dets), f)

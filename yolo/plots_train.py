@@ -269,3 +269,49 @@ def plot_prf1(curves: dict[str, np.ndarray], names: Sequence[str], out_dir: str 
         _save(fig, path)
         paths.append(path)
     return paths
+
+
+def truth_boxes(rec, hw: tuple[int, int]) -> np.ndarray:
+    """A record's scored truth (crowd and difficult left out) as ``[M, 5]`` x1 y1 x2 y2 class pixels."""
+    from .boxes import box_convert, denormalize_boxes
+
+    keep = ~(np.asarray(rec.crowd, bool) | np.asarray(rec.difficult, bool))
+    lab = np.asarray(rec.labels, np.float64)[keep].reshape(-1, 5)
+    out = np.empty((len(lab), 5))
+    out[:, :4] = box_convert(denormalize_boxes(lab[:, 1:5], hw[1], hw[0]), "cxcywh", "xyxy")
+    out[:, 4] = lab[:, 0]
+    return out
+
+
+def predictions_picture(predictions: Sequence[tuple], names: Sequence[str], png_path: str | Path,
+                        n: int = 4, conf_thres: float = 0.25) -> Path | None:
+    """True and predicted boxes (score >= ``conf_thres``) on the first ``n`` readable images of
+    ``predictions`` (what :func:`yolo.evaluate.evaluate` fills in)."""
+    from .io import imread
+
+    images, truths, preds, titles = [], [], [], []
+    for rec, det, hw in predictions:
+        img, _ = imread(rec.path)
+        if img is None:
+            continue
+        images.append(img)
+        truths.append(truth_boxes(rec, hw))
+        preds.append(det[det[:, 4] >= conf_thres])
+        titles.append(rec.path.name)
+        if len(images) == n:
+            break
+    return plot_predictions(images, truths, preds, names, png_path, titles) if images else None
+
+
+def eval_pictures(predictions: Sequence[tuple], names: Sequence[str], out_dir: str | Path,
+                  conf_thres: float = 0.25, iou_thres: float = 0.5) -> list[Path]:
+    """What ``test.py --plots`` and the end of training write: ``confusion_matrix.png`` (at
+    ``conf_thres``), ``P_curve.png``, ``R_curve.png``, ``F1_curve.png``, ``val_pred.png``."""
+    out = Path(out_dir)
+    dets = [d for _, d, _ in predictions]
+    truths = [truth_boxes(rec, hw) for rec, _, hw in predictions]
+    paths = [plot_confusion(confusion_matrix(dets, truths, len(names), conf_thres, iou_thres), names,
+                            out / "confusion_matrix.png")]
+    paths += plot_prf1(prf1_curves(dets, truths, len(names), iou_thres), names, out)
+    pic = predictions_picture(predictions, names, out / "val_pred.png", conf_thres=conf_thres)
+    return paths + ([pic] if pic else [])

@@ -58,6 +58,7 @@ from .loaders import TrainDataset, collate, worker_init
 from .model import Darknet
 from .params import params
 from .prune import SparsityTraining
+from .train_pictures import TrainingPictures
 
 RESULT_FIELDS = ["epoch", "step", "box", "obj", "cls", "total", "lr", "map", "map50", "data_wait", "time_s"]
 #: the augmentation values a flag overrides, in the order the settings table prints them
@@ -261,9 +262,10 @@ class ResultsLog(Callback):
 def default_callbacks(opts: TrainOptions) -> list[Callback]:
     """What every run does besides the step, in the order each event calls them: the EMA,
     last.pt / best.pt / best.weights, results.csv/png and summary.json, the sparsity penalty
-    (``--sparsity``), printing. ``Trainer(callbacks=...)`` replaces the list (drop or add one)."""
+    (``--sparsity``), the training pictures (:mod:`yolo.train_pictures`), printing.
+    ``Trainer(callbacks=...)`` replaces the list (drop or add one)."""
     extra: list[Callback] = [SparsityTraining(opts.sparsity, opts.sparsity_decay)] if opts.sparsity else []
-    return [EMAUpdate(), Checkpointing(), ResultsLog(), *extra, Progress(bars=opts.progress)]
+    return [EMAUpdate(), Checkpointing(), ResultsLog(), *extra, TrainingPictures(), Progress(bars=opts.progress)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -63,7 +63,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "default leaves inference most cores: 0 on 2 cores, 1 on 4, 3 on 8)")
     p.add_argument("--save-json", default=None, metavar="FILE", help="write the detections as COCO results json")
     p.add_argument("--metrics-json", default=None, metavar="FILE", help="write the metrics as json")
-    p.add_argument("--plots", default=None, metavar="DIR", help="write precision-recall curves (PNG) here")
+    p.add_argument("--plots", default=None, metavar="DIR",
+                   help="write precision-recall curves, a confusion matrix, P / R / F1 against the confidence "
+                        "threshold and predicted vs true boxes on a few images (PNG) here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -103,11 +105,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     img_size = parse_img_size(args.img_size)
     print(f"{len(info.records)} images from {info.source}"
           + (f" (skipped: {info.problems.summary()})" if info.problems else ""), file=sys.stderr)
+    predictions: list | None = [] if args.plots else None
     metrics = evaluate(model, info, img_size=img_size, batch_size=args.batch_size, conf_thres=args.conf_thres,
                        nms_thres=args.nms_thres, max_det=args.max_det, workers=args.workers, device=device,
                        save_json=args.save_json, plots_dir=args.plots, verbose=not args.no_progress,
                        metric=args.metric, points=args.points, iou_thres=args.iou_thres,
-                       conf_thres_report=args.conf_thres_report)
+                       conf_thres_report=args.conf_thres_report, predictions=predictions)
+    if args.plots:
+        from ..plots_train import eval_pictures
+
+        metrics.setdefault("plots", []).extend(str(p) for p in eval_pictures(predictions, info.names, args.plots))
     metrics["data_problems"] = dict(info.problems.counts)
     return metrics
 
