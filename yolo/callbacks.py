@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from tqdm import tqdm
 
-from .checkpoint import save_checkpoint
+from .checkpoint import prune_step_checkpoints, save_checkpoint, step_checkpoint_path
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -110,7 +110,25 @@ class EMAUpdate(Callback):
 
 class Checkpointing(Callback):
     """Rank 0: last.pt after every epoch (and on Ctrl-C, to resume mid-epoch); best.pt and the EMA
-    model's best.weights when mAP@.5 improved."""
+    model's best.weights when mAP@.5 improved; a step checkpoint (``step-0000200.pt``) every
+    ``opts.save_period`` optimiser steps inside an epoch, the newest ``opts.keep`` kept, so that a
+    SIGKILL loses at most ``save_period`` steps (the step ending an epoch or the run is saved as
+    last.pt instead). Every file is written atomically."""
+
+    def __init__(self) -> None:
+        self._epoch_end = 0  # minibatches of the epoch being trained (resumed ones included)
+
+    def on_epoch_start(self, trainer: Trainer) -> None:
+        self._epoch_end = trainer.state.batch_in_epoch + trainer.n_batches
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        period, state = trainer.opts.save_period, trainer.state
+        if not trainer.main or not period or state.step % period:
+            return
+        if state.batch_in_epoch >= self._epoch_end or state.step >= trainer.plan.total_steps:
+            return  # on_epoch_end writes last.pt right after
+        save_checkpoint(trainer.checkpoint(epoch_done=False), step_checkpoint_path(trainer.out, state.step))
+        prune_step_checkpoints(trainer.out, trainer.opts.keep)
 
     def on_epoch_end(self, trainer: Trainer) -> None:
         if not trainer.main:

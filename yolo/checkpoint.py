@@ -14,6 +14,7 @@ no ``skipped``), 2 = current. Detect and test read ``model``/``ema`` of either.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,8 @@ from .weights_file import WEIGHTS_DIR, CheckpointError, first_line, load_checkpo
 
 __all__ = ["FORMAT", "TRAINING_KEYS", "WEIGHTS_DIR", "CheckpointError", "TrainState", "check_same_cfg",
            "checkpoint_hyp", "first_line", "load_checkpoint", "load_training_checkpoint", "load_weights",
-           "restore_training_state", "rng_state", "save_checkpoint", "set_rng_state", "training_state"]
+           "latest_checkpoint", "prune_step_checkpoints", "restore_training_state", "rng_state", "run_id",
+           "save_checkpoint", "set_rng_state", "step_checkpoint_path", "step_checkpoints", "training_state"]
 
 FORMAT = 2
 #: what a checkpoint needs to continue a run (beyond ``model``)
@@ -40,6 +42,51 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """Atomic: a crash mid-write leaves the previous checkpoint intact."""
     with atomic_write(path) as f:
         torch.save(state, f)
+
+
+def step_checkpoint_path(folder: str | Path, step: int) -> Path:
+    """Where the step checkpoint of optimiser step ``step`` goes: ``step-0000200.pt`` in the run folder."""
+    return Path(folder) / f"step-{step:07d}.pt"
+
+
+def step_checkpoints(folder: str | Path) -> list[tuple[int, Path]]:
+    """The run folder's step checkpoints, (step, path), oldest first."""
+    found = []
+    for p in Path(folder).glob("step-*.pt"):
+        if p.stem[5:].isdigit():
+            found.append((int(p.stem[5:]), p))
+    return sorted(found)
+
+
+def prune_step_checkpoints(folder: str | Path, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` step checkpoints (``keep`` <= 0 keeps them all); returns the deleted."""
+    old = [p for _, p in step_checkpoints(folder)][:-keep] if keep > 0 else []
+    for p in old:
+        p.unlink(missing_ok=True)
+    return old
+
+
+def latest_checkpoint(folder: str | Path) -> Path | None:
+    """The checkpoint a run folder continues from: the one furthest into training among last.pt and
+    the step checkpoints (last.pt on a tie: it was written after its epoch's evaluation); None if none."""
+    folder = Path(folder)
+    candidates = [(step, 0, p) for step, p in step_checkpoints(folder)]
+    last = folder / "last.pt"
+    if last.exists():
+        try:
+            saved = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+            candidates.append((int(saved.get("step", -1)), 1, last))
+        except Exception:  # unreadable: the caller's load names the problem
+            candidates.append((-1, 1, last))
+    return max(candidates, key=lambda c: c[:2])[2] if candidates else None
+
+
+def run_id() -> str | None:
+    """The torchrun rendezvous id of this run (``TORCHELASTIC_RUN_ID``; None outside torchrun or when
+    left at torchrun's default "none"): kept in checkpoints, so that a restarted worker group
+    recognises its own."""
+    rid = os.environ.get("TORCHELASTIC_RUN_ID")
+    return rid if rid and rid != "none" else None
 
 
 def check_same_cfg(state: dict[str, Any], cfg_text: str, path: str | Path, cfg_name: str) -> None:
@@ -112,15 +159,17 @@ def training_state(model: nn.Module, ema: ModelEMA | None, optimizer: torch.opti
         "names": list(names),
         "args": options,
         "rng": rng_state(),
+        "run_id": run_id(),
     }
 
 
 def load_training_checkpoint(path: str | Path) -> tuple[dict[str, Any], Path]:
-    """A checkpoint to resume (a run folder means its last.pt): refuses a weights-only file or a
-    newer layout with a message saying what to do instead."""
+    """A checkpoint to resume (a run folder means its latest: last.pt or a newer step checkpoint,
+    see ``latest_checkpoint``): refuses a weights-only file or a newer layout with a message saying
+    what to do instead."""
     path = Path(path)
     if path.is_dir():
-        path = path / "last.pt"
+        path = latest_checkpoint(path) or path / "last.pt"
     ckpt = load_checkpoint(path)
     if int(ckpt.get("format", 1)) > FORMAT:
         raise CheckpointError(f"{path}: written by a newer version of this project (format {ckpt['format']}, "

@@ -1,7 +1,10 @@
 """DDP under ``torchrun``: joining and leaving the process group, rank helpers, the resume sampler.
 
 Without torchrun (``WORLD_SIZE`` unset or 1) every helper is a no-op, so the trainer has one code
-path. gloo on CPU, NCCL on CUDA; only rank 0 evaluates and writes files.
+path. gloo on CPU, NCCL on CUDA; every rank evaluates its share of the validation images
+(``yolo.sharding``), rank 0 scores them and alone writes files. Under torchrun's elastic agent
+(``--max-restarts``) a restarted worker group continues from the run's latest checkpoint
+(``is_restart``, ``yolo.cli.train``).
 """
 from __future__ import annotations
 
@@ -24,6 +27,14 @@ def world_size() -> int:
 
 def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
+
+
+def restart_count() -> int:
+    """How many times torchrun restarted this worker group (``TORCHELASTIC_RESTART_COUNT``; 0 at first)."""
+    try:
+        return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    except ValueError:
+        return 0
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -66,6 +77,13 @@ def distributed_session(device: torch.device) -> Iterator[tuple[int, int, torch.
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
+
+
+def broadcast_module(module: nn.Module) -> None:
+    """Rank 0's parameters and buffers into ``module`` on every rank (no-op without DDP)."""
+    if is_distributed():
+        for t in module.state_dict().values():
+            dist.broadcast(t, 0)
 
 
 def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:

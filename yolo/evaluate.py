@@ -224,7 +224,8 @@ def evaluate(model: torch.nn.Module | Backend, info: DatasetInfo, img_size: int 
              save_json: str | Path | None = None, plots_dir: str | Path | None = None, verbose: bool = True,
              letter_box: bool | None = None, fuse: bool = False, metric: str = "coco", points: int = 101,
              iou_thres: float = 0.5, conf_thres_report: float = 0.25,
-             precision: str = "fp32", predictions: list | None = None) -> dict[str, Any]:
+             precision: str = "fp32", predictions: list | None = None,
+             shard: tuple[int, int] | None = None) -> dict[str, Any]:
     """COCO mAP of ``model`` on ``info`` (the function train.py calls after each epoch).
 
     ``model`` is a ``Darknet`` (run by the torch engine) or any engine of :mod:`yolo.backends`
@@ -246,6 +247,11 @@ def evaluate(model: torch.nn.Module | Backend, info: DatasetInfo, img_size: int 
     ``predictions``: a list that gets ``(record, dets, (h, w))`` for each image scored, ``dets``
     ``[K, 6]`` x1 y1 x2 y2 (original pixels, clipped) score class (what the pictures of
     :mod:`yolo.plots_train` draw and match).
+
+    ``shard=(rank, world)`` (under torchrun, the process group up): this rank predicts
+    ``records[rank::world]`` only, rank 0 gathers every rank's predictions (:mod:`yolo.sharding`)
+    and returns the figures of the whole set, the same detections as one process; the other ranks
+    return ``{}``.
     """
     if metric not in ("coco", "darknet"):
         raise EvalError(f"metric must be 'coco' or 'darknet', got {metric!r}")
@@ -266,17 +272,30 @@ def evaluate(model: torch.nn.Module | Backend, info: DatasetInfo, img_size: int 
         letter_box = minfo.letter_box
     problems = Problems()
     records = info.records
+    todo = records if shard is None else records[shard[0]::shard[1]]
     dataset_cls = DarknetEvalDataset if darknet else EvalDataset  # Darknet resizes its own way
     loader = torch.utils.data.DataLoader(
-        dataset_cls(records, size_hw, letter_box), batch_size=batch_size, shuffle=False,
+        dataset_cls(todo, size_hw, letter_box), batch_size=batch_size, shuffle=False,
         num_workers=workers, collate_fn=collate_eval, pin_memory=engine.device.type == "cuda",
         worker_init_fn=worker_init if workers > 0 else None)
     nms = _nms(minfo, darknet, conf_thres, nms_thres, max_det, size_hw)
     try:
-        run = _predict(engine, loader, nms, records, problems, verbose)
+        run = _predict(engine, loader, nms, todo, problems, verbose)
     finally:
         if was_training is not None:
             model.train(was_training)
+    if shard is not None:
+        from .sharding import gather_to_first
+
+        rank, world = shard
+        mine = ({rank + i * world: v for i, v in run.outputs.items()}, run.seconds, problems.counts)
+        parts = gather_to_first(mine, world)
+        if parts is None:
+            return {}
+        run = _Predictions({i: v for outs, _, _ in parts for i, v in outs.items()},
+                           {k: sum(p[1][k] for p in parts) for k in run.seconds})
+        for _, _, counts in parts[1:]:
+            problems.counts.update(counts)
 
     done = sorted(run.outputs)
     sizes = [run.outputs[i][1].orig_hw for i in done]

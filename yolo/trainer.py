@@ -32,9 +32,18 @@ from .checkpoint import (
     checkpoint_hyp,
     load_weights,
     restore_training_state,
+    step_checkpoints,
     training_state,
 )
-from .distributed import SkipSampler, all_reduce_mean, barrier, distributed_session, unwrap, world_size
+from .distributed import (
+    SkipSampler,
+    all_reduce_mean,
+    barrier,
+    broadcast_module,
+    distributed_session,
+    unwrap,
+    world_size,
+)
 from .ema import ModelEMA
 from .errors import YoloError
 from .hyp import (
@@ -119,6 +128,8 @@ class TrainOptions(OptionFields):  # type: ignore[misc, valid-type]
     sync_bn: bool = False
     channels_last: bool = True
     eval_interval: int = 1
+    save_period: int = 200  # a step checkpoint every N optimiser steps (0: none), see Checkpointing
+    keep: int = 2  # step checkpoints kept (the newest)
     progress: bool = True
     project: str = "runs/train"
 
@@ -135,7 +146,7 @@ class TrainOptions(OptionFields):  # type: ignore[misc, valid-type]
 
 #: options that may differ when resuming (they do not change what is computed)
 RESUME_MAY_CHANGE = {"resume", "epochs", "device", "workers", "progress", "max_steps", "eval_interval",
-                     "channels_last"}
+                     "channels_last", "save_period", "keep"}
 
 
 def resume_options(given: dict[str, Any], ckpt: dict[str, Any], path: Path) -> TrainOptions:
@@ -409,6 +420,10 @@ class Trainer:
             if (out / "last.pt").exists():
                 raise TrainSetupError(f"{out} already holds a run (last.pt): --resume {out / 'last.pt'} or "
                                       f"choose another --output")
+            steps = step_checkpoints(out)
+            if steps:
+                raise TrainSetupError(f"{out} already holds a run ({steps[-1][1].name}): --resume {out} or "
+                                      f"choose another --output")
             out.mkdir(parents=True, exist_ok=True)
             cfg_copy = out / self.model.cfg_path.name
             if cfg_copy.resolve() != self.model.cfg_path.resolve():
@@ -582,14 +597,16 @@ class Trainer:
         return lr
 
     def end_epoch(self, logs: dict[str, float]) -> None:
-        """Rank 0 evaluates the EMA model (every ``eval_interval`` epochs and after the last) and keeps
-        the best mAP@.5; then ``on_epoch_end`` (checkpoints, results, printing). Every rank waits
-        for rank 0."""
+        """The EMA model is evaluated (every ``eval_interval`` epochs and after the last; under DDP
+        every rank predicts its share of the images, rank 0 scores them) and the best mAP@.5 kept;
+        then ``on_epoch_end`` (checkpoints, results, printing). Every rank waits for rank 0."""
         state = self.state
         self.epoch_logs, self.metrics, self.improved = logs, {"map": float("nan"), "map50": float("nan")}, False
-        if self.main and self._eval_due():
-            self.metrics = self._evaluate()
-            self.callbacks.fire("on_eval_end", self)
+        if self._eval_due() and (self.main or self.world > 1):
+            metrics = self._evaluate()
+            if self.main:
+                self.metrics = metrics
+                self.callbacks.fire("on_eval_end", self)
         fitness = self.metrics["map50"]
         self.improved = fitness == fitness and fitness > state.best_fitness
         if self.improved:
@@ -604,10 +621,14 @@ class Trainer:
     def _evaluate(self) -> dict[str, float]:
         from .evaluate import evaluate
 
+        shard = None
+        if self.world > 1:  # the ranks' BatchNorm statistics differ: every rank evaluates rank 0's EMA
+            broadcast_module(self.ema.module)
+            shard = (self.rank, self.world)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return evaluate(self.ema.module, self.val_info, img_size=self.img_size, batch_size=self.plan.minibatch,
-                            workers=self.opts.workers, device=self.device, verbose=False)
+                            workers=self.opts.workers, device=self.device, verbose=False, shard=shard)
 
 def train(opts: TrainOptions, device: torch.device, ckpt: dict[str, Any] | None = None,
           callbacks: Iterable[Any] | None = None) -> dict[str, Any]:

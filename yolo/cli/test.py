@@ -4,7 +4,8 @@ Prints the 12 COCOeval numbers, a per-class AP table and the speed per image; op
 writes the detections (COCO results json), a metrics json and precision-recall plots.
 ``--metric darknet`` prints Darknet's own ``detector map`` report instead (its resize, NMS,
 matching and averaging; mAP@0.50 with 101 or 11 recall points or the area under the curve)
-and adds a ``darknet`` block to the metrics json.
+and adds a ``darknet`` block to the metrics json. Under ``torchrun`` every rank predicts its
+share of the images and rank 0 scores them all once and reports (the same figures as one process).
 """
 from __future__ import annotations
 
@@ -78,9 +79,8 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Load model and data from parsed arguments and evaluate; the CLI's whole job."""
-    from ..backends import load_backend
     from ..datasets import load_dataset
-    from ..evaluate import evaluate
+    from ..sharding import sharded_session
 
     device = parse_device(args.device)
     if args.batch_size < 1 or args.workers < 0 or (args.max_det is not None and args.max_det < 0):
@@ -101,6 +101,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         import torch
 
         torch.set_num_threads(max(1, (os.cpu_count() or 1) - args.workers))
+    with sharded_session(device) as (rank, world, device):  # under torchrun: each rank its share of images
+        return _evaluate(args, info, device, rank, world)
+
+
+def _evaluate(args: argparse.Namespace, info: Any, device: Any, rank: int, world: int) -> dict[str, Any]:
+    """The evaluation proper; under torchrun rank 0 returns the figures of the whole set, the others {}."""
+    from ..backends import load_backend
+    from ..evaluate import evaluate
+
     model = load_backend(device=device, **engine_args(args))
     img_size = parse_img_size(args.img_size)
     print(f"{len(info.records)} images from {info.source}"
@@ -110,7 +119,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                        nms_thres=args.nms_thres, max_det=args.max_det, workers=args.workers, device=device,
                        save_json=args.save_json, plots_dir=args.plots, verbose=not args.no_progress,
                        metric=args.metric, points=args.points, iou_thres=args.iou_thres,
-                       conf_thres_report=args.conf_thres_report, predictions=predictions)
+                       conf_thres_report=args.conf_thres_report, predictions=predictions,
+                       shard=(rank, world) if world > 1 else None)
+    if not metrics:
+        return metrics
     if args.plots:
         from ..plots_train import eval_pictures
 
@@ -132,6 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             metrics = run(args)
         except (DataError, EvalError) as e:
             raise UserError(str(e)) from None
+    if not metrics:  # a rank other than 0 under torchrun: rank 0 reports
+        return 0
     if "darknet" in metrics:
         print(format_darknet_report(metrics["darknet"]))
         print(format_speed(metrics))

@@ -4,16 +4,21 @@ Hyper-parameters come from the cfg like Darknet ([net] batch/subdivisions, learn
 momentum, decay, burn_in, policy, steps/scales, max_batches, augmentation keys; [yolo]
 jitter, thresholds, random, iou_loss ...); command-line options override them and the run
 prints the values it uses and where each came from. Under ``torchrun`` the same command
-trains with DDP (gloo on CPU, NCCL on CUDA); only rank 0 evaluates and writes files.
+trains with DDP (gloo on CPU, NCCL on CUDA); every rank evaluates its share of the validation set,
+rank 0 scores it and writes files. Under torchrun's elastic agent (``--max-restarts``), a restarted
+worker group continues from the latest checkpoint (last.pt or a step checkpoint) its run wrote in
+``--output``; started again by hand, a run folder is continued only with ``--resume DIR``.
 This module parses the command line; ``yolo.trainer`` does the work.
 """
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any, Sequence
 
-from ..checkpoint import load_training_checkpoint
+from ..checkpoint import latest_checkpoint, load_checkpoint, load_training_checkpoint, run_id
 from ..datasets import DataError
+from ..distributed import restart_count
 from ..hyp import HypError
 from ..params import Param, params
 from ..trainer import TrainingError, TrainOptions, TrainSetupError, resume_options, train
@@ -48,7 +53,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda, cuda:N or N (default cpu)")
     p.add_argument("--workers", type=int, help="data loader processes (0: load in the main process)")
     p.add_argument("--output", help="run folder (default: runs/train/expN)")
-    p.add_argument("--resume", help="continue the run of this last.pt exactly where it stopped")
+    p.add_argument("--resume", help="continue the run of this checkpoint exactly where it stopped (a run folder: "
+                                    "its latest, last.pt or a newer step checkpoint)")
     p.add_argument("--freeze", type=int, help="freeze the first N sections (weights and BatchNorm statistics)")
     p.add_argument("--seed", type=int, help="random seed (shuffling, augmentation, multi-scale), default 0")
     p.add_argument("--sync-bn", action="store_true", default=None, help="SyncBatchNorm under DDP")
@@ -59,7 +65,27 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="NHWC memory layout (default on: about 1.3x faster training on CPU)")
     p.add_argument("--eval-interval", type=int, help="evaluate every N epochs (and after the last), default 1")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, help="tqdm bars (default on)")
+    p.add_argument("--save-period", type=int, help="a step checkpoint (step-N.pt) every N optimiser steps, "
+                                                   "0 for none (default 200): a kill loses at most N steps")
+    p.add_argument("--keep", type=int, help="step checkpoints kept, the newest (default 2)")
     return p
+
+
+def elastic_resume(out: Path) -> str | None:
+    """The checkpoint a restarted torchrun worker group continues from: the latest in ``out``
+    when torchrun restarted the group (``TORCHELASTIC_RESTART_COUNT`` > 0) and that checkpoint
+    was written by this same torchrun run (its rendezvous id); else None (a new run, which
+    refuses a folder holding another run)."""
+    if restart_count() <= 0 or not out.is_dir():
+        return None
+    path = latest_checkpoint(out)
+    if path is None:
+        return None
+    try:
+        saved = load_checkpoint(path).get("run_id")
+    except Exception:  # unreadable: the new run's checks name it
+        return None
+    return str(path) if saved == run_id() else None
 
 
 @user_errors(HypError, TrainSetupError, TrainingError, DataError)
@@ -67,6 +93,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     given: dict[str, Any] = {k: v for k, v in vars(args).items() if v is not None}
     ckpt = None
+    if not args.resume and args.output:
+        args.resume = elastic_resume(Path(args.output))
+        if args.resume:
+            given["resume"] = args.resume
     if args.resume:
         ckpt, path = load_training_checkpoint(args.resume)
         opts = resume_options(given, ckpt, path)

@@ -1,0 +1,186 @@
+"""Training on a cluster and through its faults (CPU, gloo, 127.0.0.1 only): two torchrun agents train
+together; a SIGKILLed worker's group is restarted by torchrun and resumes from the step checkpoint; a
+SIGKILLed single-process run resumed from its step checkpoint ends bit-equal to an uninterrupted one;
+evaluation spread over 2 ranks gives the figures of one process."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import FIXTURES, ROOT
+
+sys.path.insert(0, str(FIXTURES))
+from yolo.checkpoint import latest_checkpoint, load_checkpoint, step_checkpoints  # noqa: E402
+
+from train_synth import make_dataset  # noqa: E402
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")]
+
+MICRO = FIXTURES / "train_micro.cfg"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(cmd: list[str], cwd: Path) -> subprocess.Popen:
+    # own process group: a timeout kills torchrun's workers too
+    return subprocess.Popen(cmd, cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 240) -> str:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        raise AssertionError(f"did not finish in {timeout} s:\n{out[-3000:]}") from None
+    return out
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (Linux /proc)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def wait_for(cond, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert proc.poll() is None, "the run ended before the kill:\n" + (proc.stdout.read() or "")[-3000:]
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.01)
+
+
+def train_args(data: Path, out: Path, *more: str) -> list[str]:
+    return [str(ROOT / "train.py"), "--cfg", str(MICRO), "--data", str(data), "--batch", "8", "--workers", "0",
+            "--output", str(out), "--no-progress", "--eval-interval", "100", *more]
+
+
+def test_two_agents_train_two_steps_together(tmp_path):
+    data = make_dataset(tmp_path / "shapes", n_train=32, n_valid=8, size=64)
+    out, port = tmp_path / "run", free_port()
+    agents = [start([*TORCHRUN, "--nnodes", "2", "--nproc_per_node", "1", "--node_rank", str(rank),
+                     "--master_addr", "127.0.0.1", "--master_port", str(port),
+                     *train_args(data, out, "--epochs", "1", "--max-steps", "2")], tmp_path) for rank in (0, 1)]
+    logs = [finish(a) for a in agents]
+    assert [a.returncode for a in agents] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+    assert logs[0].count("hyper-parameters in use") == 1 and "hyper-parameters in use" not in logs[1]
+    assert "x 2 (DDP)" in logs[0] and "x 2 ranks" in logs[0]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 2
+    assert load_checkpoint(out / "last.pt")["seen"] == 16  # 2 steps of 8 images, 4 per rank and step
+
+
+def test_killed_worker_group_is_restarted_and_resumes(tmp_path):
+    """c10d rendezvous, --nnodes 1:2, --max-restarts 1: a SIGKILLed worker mid-epoch; the restarted
+    group continues from the run's step checkpoint without being told and ends at the planned step."""
+    data = make_dataset(tmp_path / "shapes", n_train=512, n_valid=8, size=64)
+    out = tmp_path / "run"
+    cmd = [*TORCHRUN, "--nnodes", "1:1", "--nproc_per_node", "2", "--max-restarts", "1",
+           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", "elastic-test",
+           *train_args(data, out, "--epochs", "1", "--save-period", "4", "--keep", "2")]
+    agent = start(cmd, tmp_path)
+    try:
+        wait_for(lambda: step_checkpoints(out), agent)
+        workers = children(agent.pid)
+        assert len(workers) == 2, workers
+        os.kill(workers[-1], signal.SIGKILL)
+    finally:
+        log = finish(agent)
+    assert agent.returncode == 0, log[-3000:]
+    assert "resumed " in log and "step-" in log.split("resumed ", 1)[1].split("\n", 1)[0], log[-3000:]
+    assert log.count("hyper-parameters in use") == 2  # rank 0 started twice: torchrun restarted the group
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 512 // 8
+    assert load_checkpoint(out / "last.pt")["step"] == 512 // 8
+    assert len(step_checkpoints(out)) <= 2  # --keep
+
+
+def test_sigkilled_run_resumes_from_step_checkpoint_exactly(tmp_path):
+    data = make_dataset(tmp_path / "shapes", n_train=128, n_valid=8, size=64)
+    common = ["--epochs", "2", "--batch-size", "4", "--seed", "3", "--save-period", "3"]
+    full = start([sys.executable, *train_args(data, tmp_path / "full", *common)], tmp_path)
+    assert (full_log := finish(full)) and full.returncode == 0, full_log[-3000:]
+
+    cut = tmp_path / "cut"
+    proc = start([sys.executable, *train_args(data, cut, *common)], tmp_path)
+    try:
+        wait_for(lambda: step_checkpoints(cut), proc)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        finish(proc)
+    assert proc.returncode == -signal.SIGKILL and not (cut / "summary.json").exists()
+    latest = latest_checkpoint(cut)
+    saved = load_checkpoint(latest)
+    assert latest.name.startswith("step-") and saved["step"] % 3 == 0 and saved["batch_in_epoch"] > 0
+    # started again by hand: refused without --resume, continued with it
+    again = start([sys.executable, *train_args(data, cut, *common)], tmp_path)
+    assert "already holds a run" in finish(again) and again.returncode == 2
+    resumed = start([sys.executable, str(ROOT / "train.py"), "--resume", str(cut), "--no-progress", "--workers",
+                     "0"], tmp_path)
+    log = finish(resumed)
+    assert resumed.returncode == 0, log[-3000:]
+    assert f"resumed {latest}: epoch {saved['epoch'] + 1}, step {saved['step']}" in log
+    a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(cut / "last.pt")
+    assert a["step"] == b["step"] == 2 * 128 // 8
+    for key in ("model", "ema"):
+        for k, v in a[key].items():
+            torch.testing.assert_close(v, b[key][k], atol=0, rtol=0, msg=f"{key}.{k}")  # same machine: bit-exact
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        torch.testing.assert_close(sa["momentum_buffer"], sb["momentum_buffer"], atol=0, rtol=0)
+
+
+def test_resume_refuses_another_dataset(tmp_path):
+    data = make_dataset(tmp_path / "shapes", n_train=32, n_valid=8, size=64)
+    other = make_dataset(tmp_path / "other", n_train=32, n_valid=8, size=64, seed=1)
+    out = tmp_path / "run"
+    first = start([sys.executable, *train_args(data, out, "--epochs", "1", "--max-steps", "2")], tmp_path)
+    assert (log := finish(first)) and first.returncode == 0, log[-2000:]
+    again = start([sys.executable, str(ROOT / "train.py"), "--resume", str(out), "--data", str(other),
+                   "--no-progress"], tmp_path)
+    log = finish(again)
+    assert again.returncode == 2 and "--data" in log and "differ" in log, log[-2000:]
+
+
+def test_evaluation_on_two_ranks_equals_one_process(tmp_path):
+    from yolo.checkpoint import save_checkpoint
+    from yolo.model import Darknet
+    from yolo.trainer import init_head_biases
+
+    data = make_dataset(tmp_path / "shapes", n_train=4, n_valid=24, size=64)
+    torch.manual_seed(0)
+    model = Darknet(MICRO)
+    init_head_biases(model)
+    weights = tmp_path / "w.pt"
+    save_checkpoint({"model": model.state_dict(), "cfg_text": model.cfg_text, "names": ["a", "b", "c"]}, weights)
+    args = [str(ROOT / "test.py"), "--cfg", str(MICRO), "--weights", str(weights), "--data", str(data),
+            "--batch-size", "1", "--workers", "0", "--no-progress"]
+    one = start([sys.executable, *args, "--metrics-json", str(tmp_path / "one.json")], tmp_path)
+    assert (log := finish(one)) and one.returncode == 0, log[-2000:]
+    two = start([*TORCHRUN, "--standalone", "--nproc_per_node", "2", *args, "--metrics-json",
+                 str(tmp_path / "two.json"), "--save-json", str(tmp_path / "dets.json")], tmp_path)
+    log = finish(two)
+    assert two.returncode == 0, log[-3000:]
+    assert log.count("metrics written to") == 1  # rank 0 alone reports
+    a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert a["images"] == b["images"] == 24 and a["detections"] == b["detections"] > 0
+    assert a["stats"] == b["stats"] and a["per_class"] == b["per_class"]
+    assert len(json.loads((tmp_path / "dets.json").read_text())) == a["detections"]
