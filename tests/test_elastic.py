@@ -90,11 +90,11 @@ def test_two_agents_train_two_steps_together(tmp_path):
 
 
 def test_killed_worker_group_is_restarted_and_resumes(tmp_path):
-    """c10d rendezvous, --nnodes 1:2, --max-restarts 1: a SIGKILLed worker mid-epoch; the restarted
+    """c10d rendezvous, --nnodes 1:1 (MIN:MAX), --max-restarts 3: a SIGKILLed worker mid-epoch; the restarted
     group continues from the run's step checkpoint without being told and ends at the planned step."""
     data = make_dataset(tmp_path / "shapes", n_train=512, n_valid=8, size=64)
     out = tmp_path / "run"
-    cmd = [*TORCHRUN, "--nnodes", "1:1", "--nproc_per_node", "2", "--max-restarts", "1",
+    cmd = [*TORCHRUN, "--nnodes", "1:1", "--nproc_per_node", "2", "--max-restarts", "3",
            "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", "elastic-test",
            *train_args(data, out, "--epochs", "1", "--save-period", "4", "--keep", "2")]
     agent = start(cmd, tmp_path)
@@ -107,7 +107,9 @@ def test_killed_worker_group_is_restarted_and_resumes(tmp_path):
         log = finish(agent)
     assert agent.returncode == 0, log[-3000:]
     assert "resumed " in log and "step-" in log.split("resumed ", 1)[1].split("\n", 1)[0], log[-3000:]
-    assert log.count("hyper-parameters in use") == 2  # rank 0 started twice: torchrun restarted the group
+    # rank 0 started again: torchrun restarted the group (3 restarts allowed: on a loaded machine gloo's
+    # first reconnect can time out)
+    assert log.count("hyper-parameters in use") >= 2
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 512 // 8
     assert load_checkpoint(out / "last.pt")["step"] == 512 // 8
