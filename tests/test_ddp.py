@@ -42,9 +42,10 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     assert r.stdout.count("hyper-parameters in use") == 1
     assert "--sync-bn ignored on CPU" in r.stdout
     assert "x 2 (DDP)" in r.stdout and "2 accumulated x 2 ranks" in r.stdout
-    files = sorted(p.name for p in out.iterdir())
-    assert files == sorted(["best.pt", "best.weights", "last.pt", "results.csv", "results.png", "summary.json",
-                            TINY.name])
+    files = {p.name for p in out.iterdir()}
+    core = {"best.pt", "best.weights", "last.pt", "results.csv", "results.png", "summary.json", TINY.name}
+    assert core <= files, sorted(files)
+    assert all(f.endswith(".png") for f in files - core), sorted(files)  # the rest: training pictures
     state = load_checkpoint(out / "last.pt")
     # 16 images / 2 ranks = 8 per rank = 4 minibatches of 2 = 2 steps of 8 images per epoch
     assert state["step"] == 4 and state["seen"] == 32
