@@ -24,7 +24,7 @@ import torch
 from ..cfg import Section
 from ..layer_table import ConvFigures, LayerRow, Shape
 from ..pruning.rules import FIXED_INPUT
-from ..registry import Block, BuildContext
+from ..registry import Block
 
 
 class HeadLoss:
@@ -127,25 +127,3 @@ class GridHead(Head):
 
     def clear_cache(self) -> None:
         self._grids = {}
-
-
-def read_anchors(s: Section, ctx: BuildContext, per_box: int) -> tuple[int, list[tuple[float, float]], list[int]]:
-    """``classes``, all anchor pairs and the ``mask`` of a [yolo]-style section, checked against each
-    other and against the filters of the layer before (``len(mask) * (classes + per_box)``)."""
-    classes = s.int("classes", 20)
-    flat = s.floats("anchors")
-    if len(flat) % 2:
-        raise s.error(f"anchors must be width,height pairs; got {len(flat)} numbers", "anchors")
-    pairs = [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
-    num = s.int("num", len(pairs))
-    if num != len(pairs):
-        raise s.error(f"num={num} but {len(pairs)} anchor pairs are given", "num")
-    mask = s.ints("mask", list(range(num)))
-    bad = [m for m in mask if not 0 <= m < num]
-    if bad:
-        raise s.error(f"mask indices {bad} are outside the {num} anchors", "mask")
-    expected = len(mask) * (classes + per_box)
-    if ctx.c_in != expected:
-        raise s.error(f"the layer before has {ctx.c_in} filters, but mask ({len(mask)} anchors) and "
-                      f"classes={classes} need {len(mask)} * ({classes} + {per_box}) = {expected}")
-    return classes, pairs, mask

@@ -13,7 +13,7 @@ import torch
 
 from ..cfg import Section
 from ..registry import BuildContext, register
-from .base import GridHead, HeadLoss, read_anchors
+from .base import GridHead, HeadLoss
 
 IOU_LOSSES = ("mse", "iou", "giou", "diou", "ciou")
 
@@ -77,7 +77,22 @@ class YOLOLayer(GridHead):
 
     @classmethod
     def from_section(cls, s: Section, ctx: BuildContext) -> "YOLOLayer":
-        classes, pairs, mask = read_anchors(s, ctx, per_box=5)
+        classes = s.int("classes", 20)
+        flat = s.floats("anchors")
+        if len(flat) % 2:
+            raise s.error(f"anchors must be width,height pairs; got {len(flat)} numbers", "anchors")
+        pairs = [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+        num = s.int("num", len(pairs))
+        if num != len(pairs):
+            raise s.error(f"num={num} but {len(pairs)} anchor pairs are given", "num")
+        mask = s.ints("mask", list(range(num)))
+        bad = [m for m in mask if not 0 <= m < num]
+        if bad:
+            raise s.error(f"mask indices {bad} are outside the {num} anchors", "mask")
+        expected = len(mask) * (classes + 5)
+        if ctx.c_in != expected:
+            raise s.error(f"the layer before has {ctx.c_in} filters, but mask ({len(mask)} anchors) and "
+                          f"classes={classes} need {len(mask)} * ({classes} + 5) = {expected}")
         anchors = torch.tensor([pairs[m] for m in mask], dtype=torch.float32)
         layer = cls(anchors, classes, ctx.stride_in, s.float("scale_x_y", 1.0),
                     s.bool("new_coords", False), ctx.c_in)
