@@ -93,37 +93,3 @@ class Head(Block):
 
     def clear_cache(self) -> None:
         """Forget anything cached per input size (a traced export must not bake it in)."""
-
-
-class GridHead(Head):
-    """A head whose input holds ``num_anchors x num_attrib`` values per grid cell ([yolo], [region],
-    [Gaussian_yolo]): the raw view for the loss, the decode for inference, and the cell grid cached per
-    map size. A subclass defines ``num_anchors``, ``num_attrib`` and ``decode``."""
-
-    _grids: dict[tuple, torch.Tensor]
-
-    def _grid(self, ny: int, nx: int, like: torch.Tensor) -> torch.Tensor:
-        key = (ny, nx, like.device, like.dtype)
-        grids = self.__dict__.setdefault("_grids", {})
-        grid = grids.get(key)
-        if grid is None:
-            ys, xs = torch.meshgrid(torch.arange(ny, device=like.device, dtype=like.dtype),
-                                    torch.arange(nx, device=like.device, dtype=like.dtype), indexing="ij")
-            grid = torch.stack((xs, ys), -1).view(1, 1, ny, nx, 2)
-            grids[key] = grid
-        return grid
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype in (torch.float16, torch.bfloat16):  # decode (and the loss) in float32 at least
-            x = x.float()
-        b, _, ny, nx = x.shape
-        p = x.view(b, self.num_anchors, self.num_attrib, ny, nx).permute(0, 1, 3, 4, 2)
-        if self.training:
-            return p.contiguous()
-        return self.decode(p).reshape(b, -1, 5 + self.num_classes)
-
-    def decode(self, p: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def clear_cache(self) -> None:
-        self._grids = {}

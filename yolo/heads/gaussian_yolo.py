@@ -27,7 +27,7 @@ from ..boxes import wh_iou
 from ..cfg import Section
 from ..layer_table import ConvFigures, LayerRow, Shape
 from ..registry import BuildContext, register
-from .base import GridHead, HeadLoss
+from .base import Head, HeadLoss
 from .yolo import YOLOLayer, YoloSettings
 
 MEANS = [0, 2, 4, 6]
@@ -36,7 +36,7 @@ SIGMAS = [1, 3, 5, 7]
 
 
 @register("gaussian_yolo")  # the parser lower-cases section names
-class GaussianYOLOLayer(GridHead):
+class GaussianYOLOLayer(Head):
     """Raw (b, na, ny, nx, 9 + C) in training; decoded boxes with uncertainty-weighted classes in eval."""
 
     def __init__(self, anchors: torch.Tensor, num_classes: int, stride: float, scale_x_y: float,
@@ -85,6 +85,25 @@ class GaussianYOLOLayer(GridHead):
         layer.settings = YoloSettings.from_section(s)
         layer.uc_normalizer = s.float("uc_normalizer", 1.0)
         return layer
+
+    def _grid(self, ny: int, nx: int, like: torch.Tensor) -> torch.Tensor:
+        key = (ny, nx, like.device, like.dtype)
+        grid = self._grids.get(key)
+        if grid is None:
+            ys, xs = torch.meshgrid(torch.arange(ny, device=like.device, dtype=like.dtype),
+                                    torch.arange(nx, device=like.device, dtype=like.dtype), indexing="ij")
+            grid = torch.stack((xs, ys), -1).view(1, 1, ny, nx, 2)
+            self._grids[key] = grid
+        return grid
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype in (torch.float16, torch.bfloat16):
+            x = x.float()
+        b, _, ny, nx = x.shape
+        p = x.view(b, self.num_anchors, self.num_attrib, ny, nx).permute(0, 1, 3, 4, 2)
+        if self.training:
+            return p.contiguous()
+        return self.decode(p).reshape(b, -1, 5 + self.num_classes)
 
     def activate(self, p: torch.Tensor) -> torch.Tensor:
         """Raw (..., 9 + C) -> Darknet's ``l.output`` entries (logistic but mu_w, mu_h; scaled mu_x, mu_y)."""
@@ -162,6 +181,8 @@ class GaussianYOLOLayer(GridHead):
                                  f"uc_norm={self.uc_normalizer} ignore={y.ignore_thresh} "
                                  f"scale_x_y={self.scale_x_y}", "cfg [Gaussian_yolo]")
 
+    def clear_cache(self) -> None:
+        self._grids = {}
 
 
 class GaussianYoloLoss(HeadLoss):

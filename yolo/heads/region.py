@@ -38,7 +38,7 @@ from ..boxes import box_convert, box_iou
 from ..cfg import REPO_ROOT, ConfigError, Section
 from ..layer_table import ConvFigures, LayerRow, Shape
 from ..registry import BuildContext, register
-from .base import GridHead, HeadLoss
+from .base import Head, HeadLoss
 
 
 @dataclass
@@ -137,7 +137,7 @@ def read_map(section: Section, classes: int) -> list[int]:
 
 
 @register("region")
-class RegionLayer(GridHead):
+class RegionLayer(Head):
     """YOLOv2's head: raw (b, num, ny, nx, coords+1+classes) in training, the eval contract in eval."""
 
     def __init__(self, anchors: torch.Tensor, classes: int, stride: float, channels: int,
@@ -194,6 +194,25 @@ class RegionLayer(GridHead):
             layer.class_map = read_map(s, classes)
             layer.num_classes = len(layer.class_map)
         return layer
+
+    def _grid(self, ny: int, nx: int, like: torch.Tensor) -> torch.Tensor:
+        key = (ny, nx, like.device, like.dtype)
+        grid = self._grids.get(key)
+        if grid is None:
+            ys, xs = torch.meshgrid(torch.arange(ny, device=like.device, dtype=like.dtype),
+                                    torch.arange(nx, device=like.device, dtype=like.dtype), indexing="ij")
+            grid = torch.stack((xs, ys), -1).view(1, 1, ny, nx, 2)
+            self._grids[key] = grid
+        return grid
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype in (torch.float16, torch.bfloat16):
+            x = x.float()
+        b, _, ny, nx = x.shape
+        p = x.view(b, self.num_anchors, self.num_attrib, ny, nx).permute(0, 1, 3, 4, 2)
+        if self.training:
+            return p.contiguous()
+        return self.decode(p).reshape(b, -1, 5 + self.num_classes)
 
     def activate(self, p: torch.Tensor) -> torch.Tensor:
         """Raw (..., 5 + classes) -> what Darknet's forward leaves in ``l.output`` for each box:
@@ -281,6 +300,8 @@ class RegionLayer(GridHead):
                           f"coord={r.coord_scale} object={r.object_scale} noobject={r.noobject_scale} "
                           f"class={r.class_scale}", "cfg [region]")
 
+    def clear_cache(self) -> None:
+        self._grids = {}
 
 
 def _iou_cxcywh(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

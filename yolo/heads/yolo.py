@@ -13,7 +13,7 @@ import torch
 
 from ..cfg import Section
 from ..registry import BuildContext, register
-from .base import GridHead, HeadLoss
+from .base import Head, HeadLoss
 
 IOU_LOSSES = ("mse", "iou", "giou", "diou", "ciou")
 
@@ -52,7 +52,7 @@ class YoloSettings:
 
 
 @register("yolo")
-class YOLOLayer(GridHead):
+class YOLOLayer(Head):
     """Raw head output in training; decoded boxes (input pixels) in eval."""
 
     def __init__(self, anchors: torch.Tensor, num_classes: int, stride: float, scale_x_y: float,
@@ -106,6 +106,25 @@ class YOLOLayer(GridHead):
         for key in ("track_history_size", "sim_thresh", "dets_for_show", "dets_for_track", "track_ciou_norm"):
             s.float(key, 0.0)
         return layer
+
+    def _grid(self, ny: int, nx: int, like: torch.Tensor) -> torch.Tensor:
+        key = (ny, nx, like.device, like.dtype)
+        grid = self._grids.get(key)
+        if grid is None:
+            ys, xs = torch.meshgrid(torch.arange(ny, device=like.device, dtype=like.dtype),
+                                    torch.arange(nx, device=like.device, dtype=like.dtype), indexing="ij")
+            grid = torch.stack((xs, ys), -1).view(1, 1, ny, nx, 2)
+            self._grids[key] = grid
+        return grid
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype in (torch.float16, torch.bfloat16):  # decode (and the loss) in float32 at least
+            x = x.float()
+        b, _, ny, nx = x.shape
+        p = x.view(b, self.num_anchors, self.num_attrib, ny, nx).permute(0, 1, 3, 4, 2)
+        if self.training:
+            return p.contiguous()  # (b, na, ny, nx, 5 + classes), raw
+        return self.decode(p).reshape(b, -1, self.num_attrib)
 
     def decode(self, p: torch.Tensor) -> torch.Tensor:
         """Raw (b, na, ny, nx, 5+C) -> boxes cx, cy, w, h (input pixels), objectness, class probs."""
@@ -168,3 +187,5 @@ class YOLOLayer(GridHead):
                         f"ignore={y.ignore_thresh} truth={y.truth_thresh} iou_thresh={y.iou_thresh} "
                         f"scale_x_y={self.scale_x_y}", "cfg [yolo]")
 
+    def clear_cache(self) -> None:
+        self._grids = {}
