@@ -28,6 +28,14 @@ class UnusedKeyWarning(UserWarning):
     """A cfg key no block reads (Darknet prints "Unused field")."""
 
 
+class CfgWarning(UserWarning):
+    """A cfg line Darknet reads, but perhaps not as its author meant (a value with spaces inside)."""
+
+
+class RepeatedKeyWarning(CfgWarning):
+    """A key set twice in one section with different values: Darknet uses the first, ignores the later."""
+
+
 @dataclass
 class Section:
     """One ``[type]`` block of a cfg file with its raw options and where each came from."""
@@ -62,11 +70,23 @@ class Section:
         cache_key = f"{kind}:{key}"
         if cache_key not in self._cache:
             raw = self.options[key]
+            text = raw if kind == "a string" else self._darknet_spaces(key, raw)
             try:
-                self._cache[cache_key] = convert(raw)
+                self._cache[cache_key] = convert(text)
             except (ValueError, TypeError, OverflowError):
                 raise self.error(f"expected {kind}, got '{raw}'", key) from None
         return self._cache[cache_key]
+
+    def _darknet_spaces(self, key: str, raw: str) -> str:
+        """A number (or list of numbers) as Darknet reads it: its parser removes every space and tab of a
+        line first (``strip`` in ``read_cfg``), so ``61,45  61,45`` is ``61,4561,45``. Said as a warning."""
+        text = "".join(raw.split())
+        spaced = [p.strip() for p in raw.split(",") if len(p.split()) > 1]
+        if spaced:
+            warnings.warn(f"{self.where(key)}: '{spaced[0]}' has a space inside a number; Darknet removes "
+                          f"spaces and reads '{''.join(spaced[0].split())}' (a comma missing?)",
+                          CfgWarning, stacklevel=4)
+        return text
 
     def int(self, key: str, default: Any = _REQUIRED) -> int:
         return self._get(key, default, "an integer", _to_int)
@@ -191,9 +211,13 @@ def parse_cfg_text(text: str, file: str = "<string>") -> list[Section]:
         if not key:
             raise ConfigError(f"{file}:{lineno}: empty key in '{raw.strip()}'")
         sec = sections[-1]
-        if key in sec.options:
-            warnings.warn(f"{file}:{lineno}: [{sec.type}] key '{key}' repeated; the last value wins",
-                          UnusedKeyWarning, stacklevel=2)
+        if key in sec.options:  # Darknet's option_find returns the first match; a later one is never read
+            first = sec.options[key]
+            if "".join(value.split()) != "".join(first.split()):
+                warnings.warn(f"{file}:{lineno}: [{sec.type}] key '{key}={value}' repeated with another value: "
+                              f"Darknet uses the first, '{key}={first}' (line {sec.key_lines[key]}), and ignores "
+                              "this one", RepeatedKeyWarning, stacklevel=2)
+            continue
         sec.options[key] = value
         sec.key_lines[key] = lineno
     if not sections:
