@@ -6,16 +6,39 @@ through :meth:`YOLOLayer.make_loss` so that inference never imports it.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 
-from ..cfg import Section
+from ..cfg import CfgWarning, Section
 from ..registry import BuildContext, register
 from .base import Head, HeadLoss
 
 IOU_LOSSES = ("mse", "iou", "giou", "diou", "ciou")
+
+
+def darknet_anchor_pairs(s: Section, flat: list[float], num: int, mask: list[int]) -> list[tuple[float, float]]:
+    """The anchors as ``parse_yolo`` reads them: ``num`` pairs, the first ``2 * num`` values, zeros where fewer
+    are written. A mask index past ``num`` makes Darknet read outside its array (undefined): we take the
+    pair the file writes there (cspx-p7-mish.cfg: num=16, 20 pairs, mask 16..19), with a warning."""
+    if num < 1:
+        raise s.error(f"expected num >= 1, got {num}", "num")
+    bad = [m for m in mask if m < 0 or (m >= num and 2 * m + 1 >= len(flat))]
+    if bad:
+        raise s.error(f"mask indices {bad} are outside the {num} anchors (num) and the "
+                      f"{len(flat) // 2} pairs written in anchors", "mask")
+    count = max([num] + [m + 1 for m in mask])
+    if count > num:
+        warnings.warn(f"{s.where('mask')}: mask indices {[m for m in mask if m >= num]} are past num={num}: "
+                      "Darknet reads outside its anchors there (undefined); the pairs written in anchors are used",
+                      CfgWarning, stacklevel=4)
+    elif len(flat) < 2 * num:
+        warnings.warn(f"{s.where('anchors')}: {len(flat)} numbers for num={num} anchors: Darknet sets the "
+                      f"{2 * num - len(flat)} missing to 0", CfgWarning, stacklevel=4)
+    values = flat[:2 * count] + [0.0] * max(0, 2 * count - len(flat))
+    return [(values[i], values[i + 1]) for i in range(0, 2 * count, 2)]
 
 
 @dataclass
@@ -79,16 +102,9 @@ class YOLOLayer(Head):
     def from_section(cls, s: Section, ctx: BuildContext) -> "YOLOLayer":
         classes = s.int("classes", 20)
         flat = s.floats("anchors")
-        if len(flat) % 2:
-            raise s.error(f"anchors must be width,height pairs; got {len(flat)} numbers", "anchors")
-        pairs = [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
-        num = s.int("num", len(pairs))
-        if num != len(pairs):
-            raise s.error(f"num={num} but {len(pairs)} anchor pairs are given", "num")
+        num = s.int("num", (len(flat) + 1) // 2)
         mask = s.ints("mask", list(range(num)))
-        bad = [m for m in mask if not 0 <= m < num]
-        if bad:
-            raise s.error(f"mask indices {bad} are outside the {num} anchors", "mask")
+        pairs = darknet_anchor_pairs(s, flat, num, mask)
         expected = len(mask) * (classes + 5)
         if ctx.c_in != expected:
             raise s.error(f"the layer before has {ctx.c_in} filters, but mask ({len(mask)} anchors) and "
