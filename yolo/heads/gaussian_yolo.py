@@ -164,6 +164,11 @@ class GaussianYOLOLayer(Head):
     def multiscale(self) -> bool:
         return self.settings.random
 
+    def training_problem(self) -> str | None:
+        if self.settings.objectness_smooth:  # gaussian_yolo_layer.c smooths differently from [yolo] (IoU^2 targets)
+            return "objectness_smooth=1 in [Gaussian_yolo] is not implemented by the trainer"
+        return None
+
     @torch.no_grad()
     def init_bias(self, bias: torch.Tensor, input_hw: tuple[int, int], num_heads: int,
                   objects_per_image: float) -> None:

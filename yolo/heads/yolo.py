@@ -56,6 +56,7 @@ class YoloSettings:
     obj_normalizer: float = 1.0
     max_delta: float = float("inf")
     label_smooth_eps: float = 0.0
+    objectness_smooth: bool = False  # objectness targets are IoUs (see yolo_loss)
     resize: float = 1.0
     nms_kind: str = "default"
     beta_nms: float = 0.6
@@ -71,6 +72,7 @@ class YoloSettings:
             cls_normalizer=s.float("cls_normalizer", d.cls_normalizer),
             obj_normalizer=s.float("obj_normalizer", d.obj_normalizer), max_delta=s.float("max_delta", d.max_delta),
             label_smooth_eps=s.float("label_smooth_eps", d.label_smooth_eps), resize=s.float("resize", d.resize),
+            objectness_smooth=s.int("objectness_smooth", int(d.objectness_smooth)) != 0,
             nms_kind=s.str("nms_kind", d.nms_kind), beta_nms=s.float("beta_nms", d.beta_nms))
 
 
@@ -201,7 +203,8 @@ class YOLOLayer(Head):
         y = self.settings
         return ("yolo", f"iou_loss={y.iou_loss} iou_norm={y.iou_normalizer} cls_norm={y.cls_normalizer} "
                         f"ignore={y.ignore_thresh} truth={y.truth_thresh} iou_thresh={y.iou_thresh} "
-                        f"scale_x_y={self.scale_x_y}", "cfg [yolo]")
+                        f"scale_x_y={self.scale_x_y}" + (" objectness_smooth=1" if y.objectness_smooth else ""),
+                "cfg [yolo]")
 
     def clear_cache(self) -> None:
         self._grids = {}

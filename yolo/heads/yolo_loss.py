@@ -10,7 +10,15 @@ Assignment (``forward_yolo_layer``): each target goes to the anchor, among *all*
 the cfg, whose width/height IoU with it is best, in the [yolo] layer whose ``mask`` holds
 that anchor, at the grid cell containing its centre; when ``iou_thresh < 1`` also to every
 other anchor whose width/height IoU exceeds ``iou_thresh``. A prediction whose best IoU
-with any target of its image exceeds ``ignore_thresh`` gets no "no object" penalty.
+with any target of its image exceeds ``ignore_thresh`` gets no "no object" penalty; as in
+``process_batch``, that IoU (``best_match_iou``) only counts for a prediction with some class
+probability above 0.25.
+
+``objectness_smooth=1`` (``process_batch`` again): the objectness target of a prediction is
+its ``best_match_iou`` where that exceeds ``ignore_thresh`` (instead of no penalty), else 0, and
+an assigned cell keeps that target: Darknet sets the assigned cell's delta to ``1 - output``
+only ``if (l.delta[obj_index] == 0)``, and with smoothing the first pass has already written a
+non-zero delta there. Classes and boxes are unchanged.
 """
 from __future__ import annotations
 
@@ -73,19 +81,7 @@ class YoloLoss(HeadLoss):
             gj = (tbox[ti, 1] / layer.out_stride).long().clamp(0, ny - 1)
             bi = img[ti]
 
-            # objectness target and weight: 0 where "no object", ignored where a prediction
-            # already overlaps a target well, 1 at assigned cells
-            obj_t = torch.zeros(p.shape[:4], device=device)
-            obj_w = torch.ones(p.shape[:4], device=device)
-            if len(targets):
-                with torch.no_grad():
-                    best_iou = self._best_iou(layer, p, img, tbox_xyxy, batch)
-                obj_w[best_iou > layer.settings.ignore_thresh] = 0.0
-                if layer.settings.truth_thresh < 1:
-                    obj_t[best_iou > layer.settings.truth_thresh] = 1.0
-                    obj_w[best_iou > layer.settings.truth_thresh] = 1.0
-            obj_t[bi, ai, gj, gi] = 1.0
-            obj_w[bi, ai, gj, gi] = 1.0
+            obj_t, obj_w = self._objectness_targets(layer, p, img, tbox_xyxy, batch, (bi, ai, gj, gi))
             lobj = lobj + layer.settings.obj_normalizer * (
                 F.binary_cross_entropy_with_logits(p[..., 4], obj_t, reduction="none") * obj_w).sum()
             if not len(ti):
@@ -101,9 +97,9 @@ class YoloLoss(HeadLoss):
             uniq, inv = torch.unique(cell, return_inverse=True)
             cls_t = torch.zeros(len(uniq), layer.num_classes, device=device)
             cls_t[inv, cls[ti]] = 1.0
-            if layer.settings.label_smooth_eps > 0:
+            if layer.settings.label_smooth_eps > 0:  # Darknet's delta_yolo_class: y * (1 - eps) + 0.5 * eps
                 eps = layer.settings.label_smooth_eps
-                cls_t = cls_t * (1 - eps) + eps / layer.num_classes
+                cls_t = cls_t * (1 - eps) + 0.5 * eps
             first = torch.zeros(len(uniq), dtype=torch.long, device=device).scatter_(
                 0, inv, torch.arange(len(inv), device=device))
             lcls = lcls + layer.settings.cls_normalizer * F.binary_cross_entropy_with_logits(
@@ -111,6 +107,33 @@ class YoloLoss(HeadLoss):
 
         return lbox, lobj, lcls
 
+
+    def _objectness_targets(self, layer, p: torch.Tensor, img: torch.Tensor, tbox_xyxy: torch.Tensor, batch: int,
+                            assigned: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Objectness target and weight of every prediction ``(B, na, ny, nx)``: 0 where "no object",
+        no penalty where a prediction already overlaps a target well, 1 at the assigned cells; with
+        ``objectness_smooth`` IoU targets instead (see the module docstring)."""
+        y = layer.settings
+        obj_t = torch.zeros(p.shape[:4], device=p.device)
+        obj_w = torch.ones(p.shape[:4], device=p.device)
+        if len(img):
+            with torch.no_grad():
+                best_iou = self._best_iou(layer, p, img, tbox_xyxy, batch)
+                # best_match_iou: Darknet's compare_yolo_class, some class probability above 0.25
+                best_match = best_iou * (p[..., 5:].sigmoid().amax(-1) > 0.25)
+            over = best_match > y.ignore_thresh
+            if y.objectness_smooth:
+                obj_t = torch.where(over, best_match, obj_t)
+            else:
+                obj_w[over] = 0.0
+            if y.truth_thresh < 1:
+                truth = best_iou > y.truth_thresh
+                obj_t[truth] = best_iou[truth].square() if y.objectness_smooth else 1.0
+                obj_w[truth] = 1.0
+        if not y.objectness_smooth:  # smoothed, an assigned cell keeps the target above
+            obj_t[assigned] = 1.0
+            obj_w[assigned] = 1.0
+        return obj_t, obj_w
 
     @staticmethod
     def _box_loss(layer, ps: torch.Tensor, tb: torch.Tensor, gi: torch.Tensor, gj: torch.Tensor,
