@@ -10,6 +10,7 @@ from torch import nn
 
 from . import blocks  # noqa: F401  (registers every section type)
 from . import weights as weights_io
+from .blocks.crnn import refuse_text_model
 from .cfg import ConfigError, Section, parse_cfg_text, read_cfg_text, resolve_cfg
 from .cfg_edit import edit_cfg_text
 from .heads import Head  # importing the package registers every head section type
@@ -32,6 +33,7 @@ class Darknet(nn.Module):
         self.cfg_path = resolve_cfg(cfg)
         self.cfg_text = read_cfg_text(self.cfg_path)
         sections = parse_cfg_text(self.cfg_text, str(self.cfg_path))
+        refuse_text_model(sections)
         self.net = NetConfig.from_section(sections[0])
         self.sections: list[Section] = sections[1:]
         if not self.sections:
@@ -93,6 +95,18 @@ class Darknet(nn.Module):
         """(height, width) from [net]."""
         return self.net.height, self.net.width
 
+    @property
+    def stateful(self) -> bool:
+        """Whether a block carries a state from one forward to the next (a [crnn]: video frames)."""
+        return any(m.stateful for m in self.module_list)
+
+    def reset_state(self, carry: bool = True) -> "Darknet":
+        """A new source starts: every recurrent block forgets its state; ``carry``: each later forward
+        continues the one before (one video), else each starts afresh (independent images, the default)."""
+        for block in self.module_list:
+            block.reset_state(carry)
+        return self
+
     # --- forward -------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         if not torch.jit.is_tracing():
@@ -121,9 +135,9 @@ class Darknet(nn.Module):
             raise ValueError(f"expected input (batch, {self.net.channels}, height, width), "
                              f"got {tuple(x.shape)}")
         stride = self._max_stride
-        if x.shape[-1] % stride or x.shape[-2] % stride:
+        if self.heads and (x.shape[-1] % stride or x.shape[-2] % stride):
             raise ValueError(f"input size {tuple(x.shape[-2:])} (h, w): each side must be a multiple "
-                             f"of the network's stride {stride}")
+                             f"of the network's stride {stride} (its detection heads place boxes at cell * stride)")
         hw = (int(x.shape[-2]), int(x.shape[-1]))
         if hw not in self._sizes_checked:  # maps that vanish or stop matching at this size
             self.output_shapes(*hw)
@@ -220,8 +234,10 @@ def _gib(n: int) -> str:
 
 
 def check_plan(plan: nn.ModuleList, net: NetConfig, max_bytes: int | None) -> list[tuple[int, int, int]]:
-    """Checks a network built on the meta device: shapes at the [net] size, a max stride the
-    [net] size is a multiple of, and memory (float32 parameters + batch-1 activations)."""
+    """Checks a network built on the meta device: shapes at the [net] size (every map computed with
+    Darknet's own size formulas, so any size whose maps exist and join), memory (float32 parameters +
+    batch-1 activations), and for a detector a [net] size that is a multiple of its max stride (the
+    heads place boxes at cell * stride)."""
     shapes = infer_shapes(list(plan), (net.channels, net.height, net.width))
     limit = physical_memory() if max_bytes is None else max_bytes
     total = 0
@@ -236,10 +252,12 @@ def check_plan(plan: nn.ModuleList, net: NetConfig, max_bytes: int | None) -> li
                           f"(parameters plus activations at {net.width}x{net.height}), "
                           f"more than the limit {_gib(limit)}")
     stride = int(max(b.out_stride for b in plan))
-    if stride >= 1 and (net.width % stride or net.height % stride):
+    heads = [b for b in plan if isinstance(b, Head)]
+    if heads and stride >= 1 and (net.width % stride or net.height % stride):
         where = net.section.where("width") if net.section else "[net]"
         raise ConfigError(f"{where}: width={net.width}, height={net.height} must be multiples of the network's "
-                          f"stride {stride} (its deepest map)")
+                          f"stride {stride} (its deepest map): its detection heads ({heads[0].where} ...) place "
+                          "boxes at cell * stride")
     return shapes
 
 

@@ -1,11 +1,13 @@
 """Sections that move tensors around: [route] [shortcut] [upsample] [maxpool] [dropout]."""
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..cfg import ConfigError, Section
+from ..cfg import CfgWarning, ConfigError, Section
 from ..layer_table import ConvFigures, LayerRow, Shape
 from ..pruning.graph import ChannelGraph
 from ..pruning.rules import PASS_THROUGH, Named, Rule, no_edits
@@ -90,6 +92,33 @@ class Route(Block):
         return LayerRow(index, "route", layers, "", None, out, 0.0)
 
 
+def _steps(src: tuple[int, int], dst: tuple[int, int]) -> tuple[int, int] | None:
+    """(stride, sample) of ``shortcut_cpu`` adding a ``src`` (h, w) map to a ``dst`` one: src read at every
+    stride-th pixel, or written to every sample-th; None where Darknet's asserts fail (the two sides
+    disagree) or the sizes differ without a step (its top-left crop of a same-stride map: a cfg error)."""
+    if src == dst:
+        return 1, 1
+    stride, sample = src[1] // dst[1], dst[1] // src[1]
+    if stride != src[0] // dst[0] or sample != dst[0] // src[0] or max(stride, sample) < 2:
+        return None
+    return max(stride, 1), max(sample, 1)
+
+
+def _resample(r: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``r`` on ``like``'s grid as ``shortcut_cpu`` lays it: every stride-th pixel of a larger map; a
+    smaller one spread to every sample-th pixel (zeros between)."""
+    (h1, w1), (h2, w2) = r.shape[-2:], like.shape[-2:]
+    steps = _steps((int(h1), int(w1)), (int(h2), int(w2)))
+    if steps is None:
+        raise ValueError(f"cannot add a {w1}x{h1} map to a {w2}x{h2} one")
+    stride, sample = steps
+    if stride > 1:
+        return r[:, :, ::stride, ::stride][:, :, :h2, :w2]
+    out = r.new_zeros(r.shape[0], r.shape[1], h2, w2)
+    out[:, :, :h1 * sample:sample, :w1 * sample:sample] = r
+    return out
+
+
 def _trace_shortcut(block: "Shortcut", g: ChannelGraph, x: int, outs: list[int]) -> tuple[int, Named]:
     """Every layer added into the sum, channel by channel (Darknet's partial overlap too)."""
     def fn(v: list[torch.Tensor]) -> torch.Tensor:
@@ -106,7 +135,12 @@ def _trace_shortcut(block: "Shortcut", g: ChannelGraph, x: int, outs: list[int])
 class Shortcut(Block):
     """Residual sum with an earlier output, then the activation (Darknet default linear).
 
-    When channel counts differ, Darknet adds the overlapping channels; so do we.
+    When channel counts differ, Darknet adds the overlapping channels; so do we. A map k times the
+    size of this input (ResNet's downsampling blocks in resnet50.cfg: from=-4 reaches back past the
+    stride-2 conv) is added at every k-th pixel from the top left, as ``shortcut_cpu`` (pjreddie's
+    Darknet and AlexeyAB's up to b267e344, January 2020) computes it; AlexeyAB's Darknet since then
+    asserts equal sizes in ``parse_shortcut`` (and without asserts adds the flat buffers, meaningless),
+    so such a cfg is built with a warning saying so.
     """
 
     prune_rule = Rule(_trace_shortcut, no_edits)
@@ -125,20 +159,28 @@ class Shortcut(Block):
         s.unsupported("weights_type", "none")
         s.unsupported("weights_normalization", "none")
         for i in inputs:
-            if ctx.strides[i] != ctx.stride_in:
-                raise s.error(f"layer {i} has stride {ctx.strides[i]}, this input has "
-                              f"{ctx.stride_in}: the maps cannot be added", "from")
+            ratio = max(ctx.strides[i], ctx.stride_in) / min(ctx.strides[i], ctx.stride_in)
+            if ratio != round(ratio):
+                raise s.error(f"layer {i} has stride {ctx.strides[i]}, this input has {ctx.stride_in}: "
+                              "the maps cannot be added (neither is a whole multiple of the other)", "from")
+            if ratio != 1:
+                warnings.warn(f"{s.where('from')}: layer {i} has stride {ctx.strides[i]:g}, this input "
+                              f"{ctx.stride_in:g}: added at a step of {round(ratio)} pixels as pjreddie's Darknet "
+                              "does (AlexeyAB's Darknet asserts equal sizes here)", CfgWarning, stacklevel=3)
         return cls(inputs, ctx.c_in, [ctx.channels[i] for i in inputs], act, ctx.stride_in)
 
     def out_hw(self, in_hw: tuple[int, int], refs: list[RefMap]) -> tuple[int, int]:
         for r in refs:
-            if r.hw != in_hw:
+            if _steps(r.hw, in_hw) is None:
                 raise ConfigError(f"{self.where}: cannot add layer {r.index} ({r.where}, {_wxh(r.hw)}) to "
-                                  f"this section's input ({_wxh(in_hw)}): their maps differ in size")
+                                  f"this section's input ({_wxh(in_hw)}): their maps differ in size "
+                                  "(and neither is a whole multiple of the other in both sides)")
         return in_hw
 
     def forward(self, x: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
         for r, c in zip(refs, self.ref_channels):
+            if r.shape[-2:] != x.shape[-2:]:
+                r = _resample(r, x)
             if c == self.out_channels:
                 x = x + r
             else:
