@@ -193,7 +193,8 @@ def test_damaged_weights_load_or_fail_clearly(tmp_path):
     ("[convolutional]\nfilters=8\nsize=3\nstride=1\n[shortcut]\nfrom=-2\n", ["refers to layer -2"]),
     ("[convolutional]\nfilters=8\nsize=1\n[convolutional]\nfilters=8\nsize=3\nstride=1\n[shortcut]\nfrom=-2\n",
      ["[shortcut]", "cannot add", "20x20", "18x18"]),
-    ("[convolutional]\nfilters=8\nsize=7\nstride=8\n", ["must be multiples of the network's stride 8"]),
+    ("[convolutional]\nfilters=14\nsize=7\nstride=8\n[yolo]\nmask=0,1\nanchors=4,4, 8,8\nclasses=2\nnum=2\n",
+     ["must be multiples of the network's stride 8"]),  # a detector; a backbone takes any size (Darknet's)
     ("[maxpool]\nsize=40\nstride=1\npadding=0\n", ["[maxpool]", "shrinks"]),
 ])
 def test_shape_errors_name_the_sections_and_sizes(tmp_path, body, needles):
