@@ -40,6 +40,8 @@ class BuildContext:
     input_size: Optional[tuple[int, int]] = None  # (height, width) from [net], when known
     # exact (height, width) per section so far at the [net] size (None: unknown), kept by build_block
     hws: list[Optional[tuple[int, int]]] = field(default_factory=list)
+    # the blocks built so far, appended by build_block: a [convolutional] share_index=N runs with block N's tensors
+    blocks: list["Block"] = field(default_factory=list)
 
     @property
     def c_in(self) -> int:
@@ -129,6 +131,17 @@ class Block(nn.Module):
         output channels, its stride, the sum of its convolutions)."""
         return composite_row(index, section.type, inp, out, convs)
 
+    # a recurrent block ([crnn]) carries a state from one forward to the next
+    stateful: ClassVar[bool] = False
+
+    def reset_state(self, carry: bool = True) -> None:
+        """A new source starts: forget any state; ``carry``: later forwards continue one another.
+        Nothing to do for a block without state."""
+
+    def training_problem(self) -> Optional[str]:
+        """Why the trainer cannot train this block (None: it can); the trainer asks every block."""
+        return None
+
     def fuse(self) -> None:
         """Fold BatchNorm into convolutions for inference (in place)."""
         for module in self.modules():
@@ -179,6 +192,7 @@ def build_block(section: Section, ctx: BuildContext) -> Block:
     block.where = section.where()
     block.in_stride = ctx.stride_in
     ctx.record_hw(block)
+    ctx.blocks.append(block)
     return block
 
 
