@@ -117,7 +117,7 @@ def test_conv_without_activation_is_logistic():
 
 @pytest.mark.parametrize("section, key_line", [
     ("[convolutional]\nfilters=4\nsize=3\nstride=1\nstride_x=2\n", "stride_x=2"),
-    ("[convolutional]\nfilters=4\nsize=3\nxnor=1\n", "xnor=1"),
+    ("[convolutional]\nfilters=4\nsize=3\nbinary=1\n", "binary=1"),
     ("[convolutional]\nfilters=3\nsize=1\n[shortcut]\nfrom=-1\nweights_type=per_channel\n",
      "weights_type=per_channel"),
 ])
