@@ -29,9 +29,10 @@ class ACConv(Block):
 
     prune_rule = Rule(trace_conv, edit_conv)
 
-    def __init__(self, unit: ACUnit, stride: float) -> None:
+    def __init__(self, unit: ACUnit, stride: float, stopbackward: int = 0) -> None:
         super().__init__(unit.c_out, stride)
         self.unit = unit
+        self.stopbackward = stopbackward  # as a [convolutional]'s (ConvSpec)
 
     @classmethod
     def from_section(cls, s: Section, ctx: BuildContext) -> "ACConv":
@@ -50,8 +51,10 @@ class ACConv(Block):
         if spec.dilation != 1:
             raise s.error(f"asymmetric=1 does not support dilation, got dilation={spec.dilation}",
                           "asymmetric")
+        if spec.xnor or spec.share_index is not None:
+            raise s.error("asymmetric=1 does not support xnor=1 or share_index", "asymmetric")
         return cls(ACUnit(ctx.c_in, spec.filters, size, spec.stride, spec.groups, spec.act),
-                   ctx.stride_in * spec.stride)
+                   ctx.stride_in * spec.stride, spec.stopbackward)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.unit(x)
@@ -66,6 +69,6 @@ class ACConv(Block):
 
     def deploy(self) -> tuple[Block, dict[str, str | None]]:
         """One plain [convolutional]: batch_normalize=0, BN folded, branches added."""
-        block = Convolutional(self.unit.deployed_unit(keep_bn=False), self.out_stride)
+        block = Convolutional(self.unit.deployed_unit(keep_bn=False), self.out_stride, self.stopbackward)
         block.where = self.where
         return block, {"asymmetric": None, "batch_normalize": "0"}
