@@ -5,6 +5,7 @@ from . import (  # noqa: F401  (registration by import)
     classifier,
     contrastive,
     conv,
+    crnn,
     crop,
     dense,
     gates,
