@@ -331,10 +331,10 @@ class Trainer:
                                                         if self.opts.cutoff else ""))
         else:
             init_head_biases(model)
-        for head in model.heads:
-            problem = head.training_problem()
+        for block in model.module_list:  # heads, and blocks this trainer cannot train ([crnn])
+            problem = block.training_problem()
             if problem:
-                raise TrainSetupError(f"{head.where}: {problem}")
+                raise TrainSetupError(f"{block.where}: {problem}")
         check_hyp(Hyp.from_net(model.net), str(model.cfg_path))
         return model
 
