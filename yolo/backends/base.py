@@ -177,6 +177,12 @@ class Backend:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    #: whether the model carries a state from one call to the next (a [crnn]: the frames of a video)
+    stateful = False
+
+    def reset_state(self, carry: bool = True) -> None:
+        """A new source starts (``Darknet.reset_state``); nothing to do for a stateless model."""
+
     def describe(self) -> str:
         return f"{self.name} {self.precision} on {self.device}"
 

@@ -202,6 +202,13 @@ class TorchBackend(Backend):
             saved = list(names)
         return cls(model, precision, device, list(saved) if isinstance(saved, (list, tuple)) and saved else None)
 
+    @property
+    def stateful(self) -> bool:  # type: ignore[override]
+        return self.model.stateful
+
+    def reset_state(self, carry: bool = True) -> None:
+        self.model.reset_state(carry)
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """The contract: ``np.ndarray[B, 3, H, W]`` -> ``np.ndarray[B, N, 5 + C]`` float32 (converted
         here, ``torch.from_numpy`` / ``.numpy()``); a tensor in gives a tensor out, on the model's device."""
