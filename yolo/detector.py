@@ -69,6 +69,17 @@ class Detector:
         self.batch_size = int(batch_size)
         self.classes = class_ids(classes, self.names)
 
+    @property
+    def stateful(self) -> bool:
+        """Whether the model carries a state from one call to the next (a [crnn] tracker)."""
+        return self.engine.stateful
+
+    def reset_state(self, carry: bool = True) -> None:
+        """A new source starts: the model forgets its state; ``carry=True``: each later call continues
+        the one before (the frames of one video, in order, one batch row per stream), ``False`` (a new
+        model's default): each call starts afresh (independent images). ``detect_source`` calls it."""
+        self.engine.reset_state(carry)
+
     # --- steps, usable on their own (detect_source decodes and prepares images in threads) -----
     def prepare(self, img: np.ndarray, what: str = "image") -> tuple[np.ndarray, Geometry]:
         """One HWC uint8 image -> network-size image and the geometry to map boxes back."""

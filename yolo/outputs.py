@@ -247,7 +247,13 @@ def detect_source(detector: Detector, source: Source | str | int, output: str | 
         raise DetectError("--view needs an OpenCV build with a GUI, and this one has none "
                           "(opencv-python-headless); install opencv-python or leave out --view")
     out_dir = Path(output) if output is not None else None
-    batch_size = 1 if source.kind == "webcam" else max(1, batch_size)  # a webcam wants latency
+    # a recurrent model ([crnn]): each frame of a video continues the state of the one before, one frame a
+    # forward; still images are each a source of their own (no state carried between them)
+    stream = False
+    if getattr(detector, "stateful", False):
+        stream = source.kind != "images"
+        detector.reset_state(carry=stream)
+    batch_size = 1 if source.kind == "webcam" or stream else max(1, batch_size)  # a webcam wants latency
     workers = max(0, workers)
     summary = Summary(source.kind, output=out_dir)
     start = time.perf_counter()
