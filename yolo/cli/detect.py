@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..cfg import REPO_ROOT
+from ..classify import is_classifier, predict_source
 from ..detector import DetectError, Detector
 from ..outputs import Summary, detect_source
 from ..sources import resolve_source
@@ -80,6 +81,10 @@ def run(args: argparse.Namespace) -> Summary:
 @user_errors(DetectError)
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    if is_classifier(args.cfg):  # class scores, no detection head: Darknet's `classifier predict` (yolo.classify)
+        predict_source(args.cfg, args.weights, args.source, args.names, parse_device(args.device),
+                       parse_img_size(args.img_size))
+        return 0
     summary = run(args)
     print(summary.line())
     if summary.output is not None and (summary.saved or args.save_txt):
