@@ -90,6 +90,22 @@ def find_data_file(section: Section, key: str) -> Path:
                         f"zoo/data/)", key)
 
 
+def read_data_text(section: Section, key: str, path: Path) -> str:
+    """The text of a file a section names; a file holding NUL bytes (damaged: a download cut short or
+    overwritten with zeros) is refused in one line with the line and byte offset of the first."""
+    data = path.read_bytes()
+    at = data.find(b"\0")
+    if at >= 0:
+        lineno, nuls = data.count(b"\n", 0, at) + 1, data.count(b"\0")
+        raise ConfigError(f"{path}:{lineno}: damaged file: {nuls} NUL bytes, the first at byte offset "
+                          f"{at} (named by {section.where(key)}); get a clean copy")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a text file (undecodable byte at offset {e.start}; named by "
+                          f"{section.where(key)})") from None
+
+
 def read_tree(section: Section, classes: int) -> tuple[list[int], list[tuple[int, int]]]:
     """Darknet's ``read_tree``: one ``name parent`` line per node; consecutive nodes with the same
     parent form a softmax group. Returns (parent per node, (offset, size) per group)."""
@@ -97,15 +113,14 @@ def read_tree(section: Section, classes: int) -> tuple[list[int], list[tuple[int
     parents: list[int] = []
     groups: list[tuple[int, int]] = []
     last = None
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    for lineno, line in enumerate(read_data_text(section, "tree", path).splitlines(), 1):
         parts = line.split()
         if not parts:
             continue
         try:
             parent = int(parts[1])
         except (IndexError, ValueError):
-            raise ConfigError(f"{path}:{lineno}: expected 'name parent_index', got {line.strip()[:40]!r}"
-                              + (" (the file holds NUL bytes: damaged)" if "\0" in line else "")) from None
+            raise ConfigError(f"{path}:{lineno}: expected 'name parent_index', got {line.strip()[:40]!r}") from None
         if parent != last or not groups:
             groups.append((len(parents), 0))
             last = parent
@@ -123,7 +138,7 @@ def read_tree(section: Section, classes: int) -> tuple[list[int], list[tuple[int
 def read_map(section: Section, classes: int) -> list[int]:
     path = find_data_file(section, "map")
     out = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    for lineno, line in enumerate(read_data_text(section, "map", path).splitlines(), 1):
         if not line.strip():
             continue
         try:
