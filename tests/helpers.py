@@ -1,14 +1,21 @@
 """What the tests share: paths, tiny cfgs built in a temp folder, randomised BatchNorm."""
 from __future__ import annotations
 
+import filecmp
 import os
+import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
 from yolo import Darknet
+from yolo.cfg import ConfigError
+from yolo.weights import HEADER_VERSION as WEIGHTS_HEADER
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("YOLO_SHARED", ROOT.parent / "shared"))
@@ -42,3 +49,318 @@ def randomize(model: nn.Module, seed: int = 0, conv_bias: bool = True) -> nn.Mod
             elif conv_bias and isinstance(m, nn.Conv2d) and m.bias is not None:
                 m.bias.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
     return model
+
+
+# --- Darknet's own cfg folder (tests/test_zoo.py and benchmarks/zoo_status.py share these) ----------------
+ZOO = SHARED / "models" / "darknet-cfg" / "zoo"
+#: every cfg of Darknet's cfg/ folder and of its cfg/yolov1/ (zoo/README.md), relative to ZOO
+ZOO_CFGS = (
+    "Gaussian_yolov3_BDD.cfg", "alexnet.cfg", "cd53paspp-gamma.cfg", "cifar.cfg", "cifar.test.cfg",
+    "crnn.train.cfg", "csdarknet53-omega.cfg", "cspx-p7-mish-omega.cfg", "cspx-p7-mish.cfg", "cspx-p7-mish_hp.cfg",
+    "csresnext50-panet-spp-original-optimal.cfg", "csresnext50-panet-spp.cfg", "darknet.cfg", "darknet19.cfg",
+    "darknet19_448.cfg", "darknet53.cfg", "darknet53_448_xnor.cfg", "densenet201.cfg", "efficientnet-lite3.cfg",
+    "efficientnet_b0.cfg", "enet-coco.cfg", "extraction.cfg", "extraction.conv.cfg", "extraction22k.cfg",
+    "go.test.cfg", "gru.cfg", "jnet-conv.cfg", "lstm.train.cfg", "resnet101.cfg", "resnet152.cfg",
+    "resnet152_trident.cfg", "resnet50.cfg", "resnext152-32x4d.cfg", "rnn.cfg", "rnn.train.cfg", "strided.cfg",
+    "t1.test.cfg", "tiny-yolo-voc.cfg", "tiny-yolo.cfg", "tiny-yolo_xnor.cfg", "tiny.cfg", "vgg-16.cfg",
+    "vgg-conv.cfg", "writing.cfg", "yolo-voc.2.0.cfg", "yolo-voc.cfg", "yolo.2.0.cfg", "yolo.cfg", "yolo9000.cfg",
+    "yolov2-tiny-voc.cfg", "yolov2-tiny.cfg", "yolov2-voc.cfg", "yolov2.cfg", "yolov3-openimages.cfg",
+    "yolov3-spp.cfg", "yolov3-tiny-prn.cfg", "yolov3-tiny.cfg", "yolov3-tiny_3l.cfg", "yolov3-tiny_obj.cfg",
+    "yolov3-tiny_occlusion_track.cfg", "yolov3-tiny_xnor.cfg", "yolov3-voc.cfg", "yolov3-voc.yolov3-giou-40.cfg",
+    "yolov3.cfg", "yolov3.coco-giou-12.cfg", "yolov3_5l.cfg", "yolov4-csp-s-mish.cfg", "yolov4-csp-swish.cfg",
+    "yolov4-csp-x-mish.cfg", "yolov4-csp-x-swish-frozen.cfg", "yolov4-csp-x-swish.cfg", "yolov4-csp.cfg",
+    "yolov4-custom.cfg", "yolov4-p5-frozen.cfg", "yolov4-p5.cfg", "yolov4-p6.cfg",
+    "yolov4-sam-mish-csp-reorg-bfm.cfg", "yolov4-tiny-3l.cfg", "yolov4-tiny-custom.cfg", "yolov4-tiny.cfg",
+    "yolov4-tiny_contrastive.cfg", "yolov4.cfg", "yolov4_new.cfg", "yolov4x-mish.cfg", "yolov7-tiny.cfg",
+    "yolov7.cfg", "yolov7x.cfg", "yolov1/tiny-coco.cfg", "yolov1/tiny-yolo.cfg", "yolov1/xyolo.test.cfg",
+    "yolov1/yolo-coco.cfg", "yolov1/yolo-small.cfg", "yolov1/yolo.cfg", "yolov1/yolo.train.cfg", "yolov1/yolo2.cfg",
+)
+#: the character-level text models (zoo/README.md): not image models, refused
+ZOO_TEXT_MODELS = frozenset({"rnn.cfg", "rnn.train.cfg", "gru.cfg", "lstm.train.cfg", "crnn.train.cfg"})
+_HEAD_RE = re.compile(r"^\s*\[(yolo|region|Gaussian_yolo|detection)\]", re.M)
+_CLASSIFIER_RE = re.compile(r"^\s*\[(softmax|connected|conn|avgpool|avg|cost)\]", re.M)
+
+
+def zoo_kind(name: str) -> str:
+    """'text', 'detector' (a [yolo], [region], [Gaussian_yolo] or [detection] head), 'classifier'
+    (a [softmax], [connected], [avgpool] or [cost] at the top) or 'conv-only' (a bare backbone)."""
+    if name in ZOO_TEXT_MODELS:
+        return "text"
+    text = (ZOO / name).read_text()
+    return "detector" if _HEAD_RE.search(text) else "classifier" if _CLASSIFIER_RE.search(text) else "conv-only"
+
+
+def sized_cfg(src: Path, out: Path, size: int, edit: Callable[[str], str] | None = None) -> Path:
+    """A copy of ``src`` whose [net] width and height are ``size`` (every other line as written), written
+    to ``out``; ``edit`` may change the text further."""
+    text = src.read_text()
+    head = re.search(r"^\s*\[(?!net\]|network\])", text, re.M)  # the first section after [net]
+    cut = head.start() if head else len(text)
+    net = re.sub(r"^(\s*)(width|height)(\s*)=.*$", rf"\g<1>\g<2>\g<3>={size}", text[:cut], flags=re.M)
+    text = net + text[cut:]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(edit(text) if edit else text)
+    return out
+
+
+def small_size(stride: int, at_least: int = 64) -> int:
+    """The smallest multiple of ``stride`` that is at least ``at_least``."""
+    stride = max(int(stride), 1)
+    return stride * -(-at_least // stride)
+
+
+def write_random_weights(path: Path, floats: int, seed: int = 0, seen: int = 0) -> Path:
+    """A Darknet .weights file as yolo/weights.py writes one (header 0.2.5, int64 ``seen``) holding
+    ``floats`` random float32 values, written in 16M-value pieces to bound the memory."""
+    rng = np.random.default_rng(seed)
+    with open(path, "wb") as f:
+        np.array(WEIGHTS_HEADER, np.int32).tofile(f)
+        np.array([seen], np.int64).tofile(f)
+        for start in range(0, floats, 1 << 24):
+            (rng.random(min(1 << 24, floats - start), dtype=np.float32) * 2 - 1).tofile(f)
+    return path
+
+
+def same_bytes(a: Path, b: Path) -> bool:
+    """Whether two files hold the same bytes (compared in pieces, not read whole)."""
+    return filecmp.cmp(a, b, shallow=False)
+
+
+def calibrate_bn(model: Darknet, x: torch.Tensor, seed: int = 0) -> Darknet:
+    """Random but well-scaled BatchNorm for comparisons on random weights (the generic form of
+    test_parity_opencv.randomise_bn): statistics from one training-mode pass over ``x`` (momentum 1),
+    then perturbed; affine terms contracting; each head's last convolution scaled so its raw outputs
+    have unit spread. Every layer's output then stays of order one however deep the net is, so a
+    relative comparison layer by layer means the same at layer 5 and at layer 300."""
+    g = torch.Generator().manual_seed(seed)
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    with torch.no_grad():
+        for m in bns:
+            m.momentum = 1.0
+        model.train()(x)
+        for m in bns:
+            n = m.num_features
+            m.momentum = 0.03
+            m.running_mean.add_(torch.randn(n, generator=g) * 0.05 * m.running_var.sqrt())
+            m.running_var.mul_(torch.rand(n, generator=g) * 0.4 + 0.8)
+            m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.5)
+            m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+        model.eval()
+        blocks = list(model.module_list)
+        for head in model.heads:
+            units = list(blocks[blocks.index(head) - 1].weight_units())
+            if not units or not isinstance(units[-1], tuple) or units[-1][1] is not None:
+                continue  # not a plain convolution with biases right before the head
+            conv = units[-1][0]
+            raw: list[torch.Tensor] = []
+            hook = conv.register_forward_hook(lambda mod, inp, out: raw.append(out))
+            model(x)
+            hook.remove()
+            std = raw[0].std()
+            conv.weight.div_(std)
+            conv.bias.div_(std)
+    return model
+
+
+# --- OpenCV's Darknet importer as a reference, layer by layer ---------------------------------------------
+_CV_ACTIVATIONS = frozenset({"relu", "leaky", "swish", "mish", "logistic", "sigmoid", "tanh", "elu", "selu",
+                             "gelu", "hardswish", "relu6"})
+
+
+def opencv_section_outputs(layer_names: Sequence[str]) -> dict[int, str]:
+    """Section index -> the name of the OpenCV layer holding that section's output.
+
+    OpenCV's importer (darknet_io.cpp) names the layers of section i ``<kind>_i`` (conv_3, bn_3, ...) but
+    the activation it appends after counting the section, so that one carries i + 1 (``leaky_4`` ends
+    section 3), and a [region] is ``permute_i`` then ``detection_out``; a section's last layer is its output.
+    """
+    out: dict[int, str] = {}
+    permuted = -1
+    for name in layer_names:
+        if name == "detection_out":
+            out[permuted] = name
+            continue
+        m = re.fullmatch(r"(.+)_(\d+)", name)
+        if not m:
+            continue
+        kind, index = m.group(1), int(m.group(2))
+        if kind in _CV_ACTIVATIONS:
+            index -= 1
+        elif kind == "permute":
+            permuted = index
+        out[index] = name
+    return out
+
+
+def opencv_cfg_text(text: str) -> str:
+    """The cfg as OpenCV must read it to report every class score: each [yolo]/[region] ``thresh`` near
+    zero (OpenCV zeroes the scores under it; our eval contract has no threshold)."""
+    text = re.sub(r"^\s*thresh\s*=.*$", "", text, flags=re.M)
+    return re.sub(r"^(\s*\[(yolo|region)\]\s*)$", r"\1\nthresh=0.0000001", text, flags=re.M)
+
+
+def opencv_head_rows(out: np.ndarray, head: nn.Module, hw: tuple[int, int]) -> np.ndarray:
+    """OpenCV's [yolo]/[region] rows (grid row, grid col, anchor; boxes as fractions of the input) in our
+    order (anchor, grid row, grid col) and units (boxes in input pixels)."""
+    h, w = hw
+    ny, nx, na = int(h // head.out_stride), int(w // head.out_stride), head.num_anchors
+    rows = out.reshape(ny, nx, na, -1).transpose(2, 0, 1, 3).reshape(na * ny * nx, -1).copy()
+    rows[:, [0, 2]] *= w
+    rows[:, [1, 3]] *= h
+    return rows
+
+
+def head_error(ours: np.ndarray, theirs: np.ndarray, hw: tuple[int, int], nms: bool = False) -> float:
+    """The largest difference between our eval rows of one head (cx, cy, w, h in pixels, objectness, class
+    probabilities) and OpenCV's (objectness x probability where it reports one): boxes as fractions of
+    the input, objectness and scores as they are. ``nms``: OpenCV ran its NMS on these rows (its [region]
+    always does, zeroing the scores of overlapped boxes), so only the scores it kept are compared."""
+    h, w = hw
+    scale = np.array([w, h, w, h], np.float32)
+    box = np.abs(ours[:, :4] / scale - theirs[:, :4] / scale).max()
+    obj = np.abs(ours[:, 4] - theirs[:, 4]).max()
+    scores = ours[:, 4:5] * ours[:, 5:]
+    reported = theirs[:, 5:] > 0
+    if not nms and not reported[scores > 1e-3].all():
+        return float("inf")  # OpenCV zeroed a score that matters: not the same head
+    if reported.mean() < 0.25:
+        return float("inf")  # too few scores left to compare
+    cls = np.abs(scores[reported] - theirs[:, 5:][reported]).max() if reported.any() else 0.0
+    return float(max(box, obj, cls))
+
+
+def section_outputs(model: Darknet, x: torch.Tensor) -> list[torch.Tensor]:
+    """Every section's output of one eval forward (a head's: its decoded rows)."""
+    outs: list[torch.Tensor] = [None] * len(model.module_list)  # type: ignore[list-item]
+    hooks = [b.register_forward_hook(lambda m, a, y, i=i: outs.__setitem__(i, y))
+             for i, b in enumerate(model.module_list)]
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return outs
+
+
+def opencv_parity(cfg: Path, tmp: Path, size: int, seed: int = 0) -> dict:
+    """Our model and OpenCV's reading of the same cfg and random weights at ``size`` x ``size``, section by
+    section: {'layers': [(index, type, relative error)], 'heads': [(index, error)], 'missing': [...]}.
+
+    The model is built from ``cfg`` (resized), its weights are random with calibrated BatchNorm
+    (:func:`calibrate_bn`, eps 1e-6 as OpenCV's importer fixes it), saved by our writer and read by
+    OpenCV. A map's relative error is max |ours - OpenCV| / max |OpenCV| over the section's output, so
+    float32 drift on a deep net stays small while a wrong layer is of order one; heads by
+    :func:`head_error`. ``missing``: sections whose output OpenCV does not expose or shapes differ.
+    """
+    import cv2
+
+    ours_cfg = sized_cfg(cfg, tmp / "ours" / cfg.name, size)
+    cv_cfg = sized_cfg(cfg, tmp / "opencv" / cfg.name, size, edit=opencv_cfg_text)
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = Darknet(ours_cfg, warn_unused=False)
+    rng = np.random.default_rng(seed)
+    batch = torch.from_numpy(rng.random((2, model.net.channels, size, size), dtype=np.float32))
+    calibrate_bn(model, batch, seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eps = 1e-6
+    weights = tmp / "random.weights"
+    model.save_darknet_weights(weights)
+    x = batch[:1]
+    ours = section_outputs(model, x)
+    cv2.setNumThreads(2)
+    net = cv2.dnn.readNetFromDarknet(str(cv_cfg), str(weights))
+    net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+    net.enableFusion(False)  # a fused layer's own output is not kept (a conv writes into its concat)
+    names = opencv_section_outputs(net.getLayerNames())
+    wanted = [i for i in range(len(ours)) if i in names]
+    net.setInput(x.numpy())
+    theirs = dict(zip(wanted, net.forward([names[i] for i in wanted])))
+    result: dict = {"layers": [], "heads": [], "missing": []}
+    for i, (block, section) in enumerate(zip(model.module_list, model.sections)):
+        o = ours[i]
+        t = theirs.get(i)
+        if t is None:
+            result["missing"].append((i, section.type, "no OpenCV output"))
+        elif block in model.heads:
+            o = o[0].numpy()
+            t = opencv_head_rows(t, block, (size, size))
+            if o.shape != t.shape:
+                result["missing"].append((i, section.type, f"rows {o.shape} vs {t.shape}"))
+            else:
+                result["heads"].append((i, head_error(o, t, (size, size), nms=section.type == "region")))
+        elif tuple(o.shape) != tuple(t.shape):
+            result["missing"].append((i, section.type, f"shape {tuple(o.shape)} vs {tuple(t.shape)}"))
+        else:
+            scale = max(float(np.abs(t).max()), 1e-6)
+            result["layers"].append((i, section.type, float(np.abs(o.numpy() - t).max()) / scale))
+    return result
+
+
+@dataclass
+class RoundTrip:
+    """What :func:`weights_round_trip` saw."""
+
+    floats: int  # the net's num_weight_floats()
+    seen: int  # ``seen`` as the loaded model read it
+    same_bytes: bool  # the saved file equals the one loaded
+    cut: int  # the section count yolo.partial kept
+    cut_floats: int  # num_weight_floats(cut)
+    partial_floats: int  # what yolo.partial says it wrote
+    partial_header: tuple[int, ...]  # its version and seen
+    partial_is_prefix: bool  # its stream is the first cut_floats of the random one
+
+
+def weights_round_trip(cfg: Path, tmp: Path, seed: int = 0, seen: int = 123_456_789_012) -> RoundTrip:
+    """Random floats, exactly as many as ``cfg``'s net reads, in a Darknet file (header 0.2.5, ``seen``):
+    loaded into the net (built on the meta device and given uninitialised memory: the file fills every
+    float) and saved again; then ``yolo.partial`` at the middle section. Files go to ``tmp``."""
+    from yolo.partial import partial
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.device("meta"):
+            model = Darknet(cfg, warn_unused=False)
+    model.to_empty(device="cpu")
+    floats = model.num_weight_floats()
+    cut = max(1, len(model.module_list) // 2)
+    cut_floats = model.num_weight_floats(cut)
+    first = write_random_weights(tmp / "random.weights", floats, seed=seed, seen=seen)
+    model.load_darknet_weights(first)
+    read_seen = model.seen
+    again = tmp / "again.weights"
+    model.save_darknet_weights(again)
+    del model
+    same = first.stat().st_size == 20 + 4 * floats and same_bytes(first, again)
+    again.unlink()
+    cutted = tmp / "partial.weights"
+    written = partial(cfg, first, cutted, cut)
+    data = np.fromfile(cutted, np.uint8)
+    header = tuple(int(v) for v in data[:12].view(np.int32)) + (int(data[12:20].view(np.int64)[0]),)
+    with open(first, "rb") as f:
+        f.seek(20)
+        prefix = data.size == 20 + 4 * cut_floats and np.array_equal(
+            data[20:], np.frombuffer(f.read(4 * cut_floats), np.uint8))
+    cutted.unlink()
+    first.unlink()
+    return RoundTrip(floats, read_seen, same, cut, cut_floats, written, header, prefix)
+
+
+def zoo_small_cfg(name: str, out_dir: Path, stride: int, full: int) -> tuple[Path, int]:
+    """A copy of zoo cfg ``name`` at the smallest size, a multiple of ``stride`` from 64 up to its own
+    ``full`` size, at which it builds ([connected] and [local] layers need their maps to exist);
+    (path, size). Where none does, the cfg as it is."""
+    size = small_size(stride)
+    while size < full:
+        path = sized_cfg(ZOO / name, out_dir / name, size)
+        try:
+            with warnings.catch_warnings(), torch.device("meta"):
+                warnings.simplefilter("ignore")
+                Darknet(path, warn_unused=False)
+            return path, size
+        except ConfigError:
+            size *= 2
+    return sized_cfg(ZOO / name, out_dir / name, full), full
