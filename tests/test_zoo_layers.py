@@ -213,7 +213,8 @@ def test_zoo_layers_refuse_bad_keys_and_pruning(tmp_path) -> None:
 
 
 def test_info_rows(tmp_path) -> None:
-    """Darknet's names and BFLOPs: [connected] 2 * inputs * outputs, [local_avgpool] size^2 * C * out."""
+    """Darknet's names and BFLOPs: [connected] 0 (connected_layer.c sets no l.bflops), [local_avgpool]
+    size^2 * C * out (maxpool_layer.c)."""
     from yolo.info import layer_table
 
     model = build(tmp_path, "[local_avgpool]\nsize=2\nstride=2\n\n[avgpool]\n\n[connected]\noutput=10\n\n"
@@ -221,4 +222,4 @@ def test_info_rows(tmp_path) -> None:
     rows = layer_table(model)
     assert [r.type for r in rows] == ["avg", "avg", "connected", "softmax", "cost"]
     assert rows[0].bflops == pytest.approx(4 * 4 * 8 * 8 / 1e9)
-    assert rows[2].output == (1, 1, 10) and rows[2].bflops == pytest.approx(2 * 4 * 10 / 1e9)
+    assert rows[2].output == (1, 1, 10) and rows[2].bflops == 0

@@ -77,9 +77,8 @@ class Connected(Block):
 
     def info_row(self, index: int, section: Section, inp: Shape | None, out: Shape,
                  convs: ConvFigures) -> LayerRow:
-        """``2 * inputs * outputs / 1e9`` (``connected_layer.c``)."""
-        n_in, n_out = self.linear.in_features, self.linear.out_features
-        return LayerRow(index, "connected", str(n_out), "", inp, out, 2.0 * n_in * n_out / 1e9)
+        """0 BFLOPs: ``connected_layer.c`` sets no ``l.bflops``, so Darknet's Total BFLOPS leaves it out."""
+        return LayerRow(index, "connected", str(self.linear.out_features), "", inp, out, 0.0)
 
 
 @register("local")
@@ -137,7 +136,6 @@ class Local(Block):
 
     def info_row(self, index: int, section: Section, inp: Shape | None, out: Shape,
                  convs: ConvFigures) -> LayerRow:
-        """``2 * C*size*size * filters * out_h * out_w / 1e9`` (one kernel per position)."""
+        """0 BFLOPs: ``local_layer.c`` sets no ``l.bflops``, so Darknet's Total BFLOPS leaves it out."""
         k = self.size
-        return LayerRow(index, "local", str(self.out_channels), f"{k:2d} x{k:2d}/{self.step:2d}", inp, out,
-                        2.0 * self.weight.numel() / 1e9)
+        return LayerRow(index, "local", str(self.out_channels), f"{k:2d} x{k:2d}/{self.step:2d}", inp, out, 0.0)

@@ -52,8 +52,9 @@ class _Gate(Block):
 
     def info_row(self, index: int, section: Section, inp: Shape | None, out: Shape,
                  convs: ConvFigures) -> LayerRow:
-        """The ``from`` layer in the filters column; one multiply per output value."""
-        return LayerRow(index, self.section_type, str(self.inputs[0]), "", inp, out, out[0] * out[1] * out[2] / 1e9)
+        """The ``from`` layer in the filters column; 0 BFLOPs (``sam_layer.c`` and ``scale_channels_layer.c``
+        set no ``l.bflops``: Darknet's Total BFLOPS leaves them out)."""
+        return LayerRow(index, self.section_type, str(self.inputs[0]), "", inp, out, 0.0)
 
 
 @register("sam")
