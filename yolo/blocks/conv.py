@@ -155,6 +155,16 @@ class XnorConvBN(ConvBN):
         return self.act(y)
 
 
+def keep_activation(ctx: BuildContext, index: int) -> None:
+    """Darknet's parser: a layer that a [route], [shortcut] or [scale_channels] reads keeps its activation at
+    inference (``use_bin_output = 0``): those read its values, not only their signs. Called by those blocks
+    for each layer they read, as Darknet's parse_network_cfg does."""
+    if len(ctx.blocks) == len(ctx.channels) and 0 <= index < len(ctx.blocks):
+        unit = getattr(ctx.blocks[index], "unit", None)
+        if isinstance(unit, XnorConvBN):
+            unit.bin_output = False
+
+
 @register("convolutional", "conv")
 class Convolutional(Block):
     """A Darknet [convolutional] section (plain, or ``xnor=1`` with an :class:`XnorConvBN` unit).
