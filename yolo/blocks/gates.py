@@ -15,6 +15,7 @@ from ..layer_table import ConvFigures, LayerRow, Shape
 from ..pruning.graph import ChannelGraph
 from ..pruning.rules import Named, Rule, no_edits
 from ..registry import Block, BuildContext, RefMap, register
+from .conv import keep_activation
 from .layers import make_activation
 
 
@@ -91,6 +92,8 @@ class ScaleChannels(_Gate):
         if not scale_wh and ctx.c_in != ctx.channels[source]:
             raise s.error(f"the previous layer has {ctx.c_in} channels, layer {source} "
                           f"{ctx.channels[source]}: one scale per channel needs the same count", "from")
+        for i in (len(ctx.channels) - 1, source):
+            keep_activation(ctx, i)  # Darknet: the previous and the from layer lose bin_output
         return cls(source, ctx.channels[source], act, ctx.strides[source], scale_wh)
 
     def out_hw(self, in_hw: tuple[int, int], refs: list[RefMap]) -> tuple[int, int]:

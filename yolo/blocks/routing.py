@@ -12,6 +12,7 @@ from ..layer_table import ConvFigures, LayerRow, Shape
 from ..pruning.graph import ChannelGraph
 from ..pruning.rules import PASS_THROUGH, Named, Rule, no_edits
 from ..registry import Block, BuildContext, RefMap, register
+from .conv import keep_activation
 from .layers import make_activation
 
 
@@ -64,6 +65,8 @@ class Route(Block):
         if len(strides) > 1:
             raise s.error(f"layers {list(inputs)} have different strides {sorted(strides)}: "
                           "their maps cannot be concatenated", "layers")
+        for i in inputs:
+            keep_activation(ctx, i)  # Darknet: an xnor layer read here loses bin_output
         block = cls(inputs, slices, ctx.strides[inputs[0]])
         block.whole = groups == 1
         return block
@@ -167,6 +170,8 @@ class Shortcut(Block):
                 warnings.warn(f"{s.where('from')}: layer {i} has stride {ctx.strides[i]:g}, this input "
                               f"{ctx.stride_in:g}: added at a step of {round(ratio)} pixels as pjreddie's Darknet "
                               "does (AlexeyAB's Darknet asserts equal sizes here)", CfgWarning, stacklevel=3)
+        for i in (len(ctx.channels) - 1, inputs[0]):
+            keep_activation(ctx, i)  # Darknet: the previous and the (first) from layer lose bin_output
         return cls(inputs, ctx.c_in, [ctx.channels[i] for i in inputs], act, ctx.stride_in)
 
     def out_hw(self, in_hw: tuple[int, int], refs: list[RefMap]) -> tuple[int, int]:
