@@ -184,6 +184,22 @@ def test_xnor_is_darknets_rule_unfused_and_fused(tmp_path, bn: int, stride: int,
         torch.testing.assert_close(model(x), trained, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("reader, keeps", [("[maxpool]\nsize=2\nstride=1", False), ("[route]\nlayers=-1", True),
+                                           ("[shortcut]\nfrom=-2", True), ("[avgpool]\n\n[scale_channels]\nfrom=-2",
+                                                                          True)])
+def test_bin_output_is_dropped_where_values_are_read(tmp_path, reader: str, keeps: bool) -> None:
+    """Darknet's parser sets use_bin_output = 0 on the layers a [route], [shortcut] or [scale_channels]
+    reads (they need values, not signs): those keep their activation at inference."""
+    body = ("[convolutional]\nfilters=4\nsize=1\nactivation=leaky\n\n"
+            "[convolutional]\nxnor=1\nbin_output=1\nbatch_normalize=1\nfilters=4\nsize=3\npad=1\nactivation=leaky\n\n"
+            + reader + "\n")
+    model = build(tmp_path, body, c=3, w=16)
+    assert model.module_list[1].unit.bin_output is not keeps
+    from yolo.info import layer_table
+
+    assert layer_table(model)[1].type == ("convX" if keeps else "convXB")
+
+
 def test_xnor_training_is_straight_through(tmp_path) -> None:
     """The kernel's gradient is the gradient of the binary kernel mean|w_f| * sign(w_f) (Darknet: the binary
     weights' update applied to the real ones); the input's gradient passes where |x| < 1 (HARDTAN)."""
