@@ -229,6 +229,7 @@ class SharedConvolutional(Block):
     Pruning is refused.
     """
 
+    section_type = "convolutional"  # built by Convolutional.from_section, not registered itself
     prune_rule = SHARED_NOT_PRUNABLE
 
     def __init__(self, source: Convolutional, share_index: int, stride: int, padding: int, dilation: int,
