@@ -4,12 +4,17 @@ Without torchrun (``WORLD_SIZE`` unset or 1) every helper is a no-op, so the tra
 path. gloo on CPU, NCCL on CUDA; every rank evaluates its share of the validation images
 (``yolo.sharding``), rank 0 scores them and alone writes files. Under torchrun's elastic agent
 (``--max-restarts``) a restarted worker group continues from the run's latest checkpoint
-(``is_restart``, ``yolo.cli.train``).
+(``is_restart``, ``yolo.cli.train``), and each worker group joins over a store of its own
+(``group_store``): the one torchrun shares outlives restarts with the old group's keys in it.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import socket
+import time
+import uuid
+from datetime import timedelta
 from typing import Iterator
 
 import torch
@@ -42,6 +47,64 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
+#: How long a rank waits for rank 0's store (torch's default process-group timeout for gloo; a
+#: dead peer is seen at once, its connection reset, the timeout bounds one that hangs).
+STORE_TIMEOUT = timedelta(minutes=30)
+_ANNOUNCE, _NONCE = "yolo/group-store", "yolo/group-nonce"
+
+
+def _agent_store_shared() -> bool:
+    """torchrun hands its workers the agent's store (c10d and static rendezvous, unless
+    ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``)."""
+    return os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+
+
+def group_store(rank_: int, world: int, timeout: timedelta = STORE_TIMEOUT) -> dist.Store:
+    """A store fresh for this worker group: rank 0 hosts it and announces its port and a nonce in
+    the agent's store; the other ranks take an announcement only when its store answers with the nonce.
+
+    Why: torchrun keeps the agent's store across restarts of the group and gives the workers no
+    per-restart prefix (torch 2.4+, pytorch/pytorch#135712; ``TORCHELASTIC_RESTART_COUNT`` would
+    not do, each node's agent counts its own). A restarted group then reads its predecessors' gloo
+    addresses and fails to connect (a restart spent) or waits on the pairs until the timeout (seen
+    after a SIGKILL: both ranks in gloo's ``Pair::waitUntilConnected``). A stale announcement names
+    a store that died with its group (the agent stops the old group before the new one starts).
+    """
+    addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    agent = dist.TCPStore(addr, port, world, is_master=False, timeout=timeout)
+    if rank_ == 0:
+        own = dist.TCPStore(addr, 0, world, is_master=True, wait_for_workers=False, timeout=timeout)
+        nonce = uuid.uuid4().hex
+        own.set(_NONCE, nonce)
+        agent.set(_ANNOUNCE, f"{own.port} {nonce}")
+        return own
+    deadline, stale = time.monotonic() + timeout.total_seconds(), set()
+    while True:
+        seen = agent.get(_ANNOUNCE).decode()  # waits for the first announcement of the run
+        if seen not in stale:
+            own = _connect(addr, seen, world, timeout)
+            if own is not None:
+                return own
+            stale.add(seen)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"rank {rank_}: rank 0 did not announce its store at {addr} in {timeout}")
+        time.sleep(0.05)
+
+
+def _connect(addr: str, announced: str, world: int, timeout: timedelta) -> dist.Store | None:
+    """The store ``announced`` ("port nonce") names when it is up and holds the nonce; else None."""
+    port_, nonce = announced.split()
+    try:  # a plain probe first: a stale port refuses quietly (TCPStore would log C++ traces and retry)
+        socket.create_connection((addr, int(port_)), timeout=5).close()
+        store = dist.TCPStore(addr, int(port_), world, is_master=False, timeout=timedelta(seconds=30))
+        if not store.check([_NONCE]) or store.get(_NONCE).decode() != nonce:
+            return None
+    except (OSError, RuntimeError):  # RuntimeError: torch's DistError family
+        return None
+    store.set_timeout(timeout)
+    return store
+
+
 def init_distributed(device: torch.device) -> tuple[int, int, torch.device]:
     """Join the process group torchrun describes (env RANK, WORLD_SIZE, LOCAL_RANK).
 
@@ -53,7 +116,11 @@ def init_distributed(device: torch.device) -> tuple[int, int, torch.device]:
         return 0, 1, device
     rank_, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if _agent_store_shared():
+            dist.init_process_group(backend, store=group_store(rank_, world), rank=rank_, world_size=world)
+        else:  # env://: rank 0 hosts the store torchrun (or the user) names in MASTER_ADDR/PORT
+            dist.init_process_group(backend)
     if device.type == "cuda":
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
