@@ -73,8 +73,8 @@ def test_steps_without_scales_are_refused():
 
 
 def test_unsupported_policy_is_refused():
-    with pytest.raises(HypError, match="policy=sgdr"):
-        resolve_hyp(NetConfig(policy="sgdr"), Overrides(), total_steps=10)
+    with pytest.raises(HypError, match="policy=random"):
+        resolve_hyp(NetConfig(policy="random"), Overrides(), total_steps=10)
 
 
 def test_lists_are_parsed_with_the_option_in_the_error():

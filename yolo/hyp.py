@@ -17,15 +17,21 @@ from typing import TYPE_CHECKING, Any, Generic, Sequence, TypeVar
 import numpy as np
 
 from .errors import YoloError
-from .params import Param, make_fields, params
+from .params import BY_NAME, Param, make_fields, params
 
 if TYPE_CHECKING:
     from .netconfig import NetConfig
 
 T = TypeVar("T")
 
-#: the [net] policies the trainer implements (Darknet has more; they are refused with a clear error)
-SUPPORTED_POLICIES = ("constant", "steps", "poly")
+#: the [net] policies the trainer implements (Darknet's "random", a new random lr every step, is refused)
+SUPPORTED_POLICIES = ("constant", "steps", "step", "exp", "poly", "sigmoid", "sgdr")
+#: the Hyp fields only some policies read (``get_current_rate``); the settings table shows them for those only
+POLICY_FIELDS = {"step": ("step", "scale"), "exp": ("gamma",), "sigmoid": ("gamma", "step"),
+                 "sgdr": ("learning_rate_min", "sgdr_cycle", "sgdr_mult")}
+#: Hyp fields a checkpoint written before they were declared lacks: their defaults are what that run used
+#: (the policies that read them were refused then)
+LATER_FIELDS = ("step", "scale", "gamma", "learning_rate_min", "sgdr_cycle", "sgdr_mult")
 #: Darknet's multi-scale range at 416 is [320, 608]: these fractions scale it to any input size
 MULTISCALE_LO, MULTISCALE_HI = 10 / 13, 19 / 13
 MULTISCALE_EVERY = 10  # optimiser steps between two input sizes (Darknet's)
@@ -62,8 +68,9 @@ class Hyp(make_fields("HypFields", HYP_PARAMS, lambda p: (p.name, p.type, field(
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Hyp":
-        """From a checkpoint's ``hyp`` entry; missing or unknown keys raise ``HypError``."""
+        """From a checkpoint's ``hyp`` entry; missing (except ``LATER_FIELDS``) or unknown keys raise ``HypError``."""
         names = {f.name for f in fields(cls)}
+        d = {**{p.name: p.default for p in HYP_PARAMS if p.name in LATER_FIELDS}, **d}
         if set(d) != names:
             raise HypError(f"hyper-parameters do not match this version (missing: "
                            f"{sorted(names - set(d)) or '-'}, unknown: {sorted(set(d) - names) or '-'})")
@@ -186,6 +193,14 @@ def shrink_schedule(burn_in: int, steps: Sequence[int], max_batches: int,
     return int(round(burn_in * r)), [max(1, int(round(s * r))) for s in steps], total_steps
 
 
+def shrink_count(steps: int, max_batches: int, total_steps: int) -> int:
+    """A length in steps (``step``, ``sgdr_cycle``) fitted to a shorter run as ``shrink_schedule`` fits
+    the steps; 0 (sgdr_cycle: "max_batches") stays 0."""
+    if not max_batches or total_steps >= max_batches or steps <= 0:
+        return steps
+    return max(1, int(round(steps * total_steps / max_batches)))
+
+
 def _shrunk(cfg_value: T, value: T, override: T | None, option: str) -> Setting[T]:
     if override is not None:
         return Setting(override, option)
@@ -199,7 +214,8 @@ def resolve_hyp(net: NetConfig, o: Overrides, total_steps: int) -> dict[str, Set
     """Every ``Hyp`` field as a Setting: cfg value, shrunk to the run unless overridden, overridden.
     A param the cfg does not hold is its declared default unless given with another value."""
     burn_in, steps, max_batches = shrink_schedule(net.burn_in, net.steps, net.max_batches, total_steps)
-    shrunk = {"burn_in": burn_in, "steps": steps, "max_batches": max_batches}
+    shrunk = {"burn_in": burn_in, "steps": steps, "max_batches": max_batches,
+              **{k: shrink_count(getattr(net, k), net.max_batches, total_steps) for k in ("step", "sgdr_cycle")}}
     s: dict[str, Setting] = {}
     for p in HYP_PARAMS:
         given = getattr(o, p.option) if p.flag else None
@@ -214,6 +230,20 @@ def resolve_hyp(net: NetConfig, o: Overrides, total_steps: int) -> dict[str, Set
     return s
 
 
+def unread_by_policy(policy: str) -> set[str]:
+    """The policy-specific Hyp fields ``policy`` does not read (left out of the settings table)."""
+    return {k for keys in POLICY_FIELDS.values() for k in keys} - set(POLICY_FIELDS.get(policy, ()))
+
+
+def resolve_ema_decay(given: float, net: NetConfig) -> Setting[float]:
+    """The EMA's decay: ``--ema-decay`` when given (another value than its default), else the cfg's
+    ``[net] ema_alpha`` when set, else the default."""
+    ours = BY_NAME["ema_decay"].default
+    if given != ours:
+        return Setting(given, "--ema-decay")
+    return Setting(net.ema_alpha, "cfg ema_alpha") if net.ema_alpha else Setting(ours, "default")
+
+
 def hyp_from(settings: dict[str, Setting]) -> Hyp:
     return Hyp(**{k: v.value for k, v in settings.items()})
 
@@ -225,6 +255,12 @@ def check_hyp(hyp: Hyp, cfg_name: str = "the cfg") -> None:
                        f"({', '.join(SUPPORTED_POLICIES)})")
     if hyp.policy == "steps" and len(hyp.steps) != len(hyp.scales):
         raise HypError(f"{len(hyp.steps)} steps but {len(hyp.scales)} scales")
+    if hyp.policy == "step" and hyp.step < 1:
+        raise HypError(f"{cfg_name}: policy=step needs step >= 1, got {hyp.step}")
+    if hyp.policy == "sgdr" and ((hyp.sgdr_cycle or hyp.max_batches) < 1 or hyp.sgdr_mult < 1):
+        raise HypError(f"{cfg_name}: policy=sgdr needs a cycle (sgdr_cycle or max_batches) of at least 1 step and "
+                       f"sgdr_mult >= 1, got sgdr_cycle={hyp.sgdr_cycle}, max_batches={hyp.max_batches}, "
+                       f"sgdr_mult={hyp.sgdr_mult}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,18 +268,34 @@ def check_hyp(hyp: Hyp, cfg_name: str = "the cfg") -> None:
 # ---------------------------------------------------------------------------------------------
 def lr_at(step: int, hyp: Hyp) -> float:
     """Darknet's ``get_current_rate`` for optimiser step ``step`` (0-based): ``lr * (i/burn_in)^power``
-    during the warm-up, then the policy (steps: times each scale passed; poly: ``(1 - i/max)^power``)."""
+    during the warm-up, with ``i = step + 1`` (Darknet's ``batch_num`` at that update), then the policy
+    of ``i = step``: one step behind Darknet, as the steps and poly schedules always were here (a
+    checkpoint resumes on the schedule it was trained with)."""
     lr = hyp.learning_rate
     if step < hyp.burn_in:
         return lr * ((step + 1) / hyp.burn_in) ** hyp.power
+    i = step
     if hyp.policy == "steps":
         for s, scale in zip(hyp.steps, hyp.scales):
-            if s > step:
+            if s > i:
                 break
             lr *= scale
         return lr
     if hyp.policy == "poly" and hyp.max_batches:
-        return lr * max(0.0, 1 - step / hyp.max_batches) ** hyp.power
+        return lr * max(0.0, 1 - i / hyp.max_batches) ** hyp.power
+    if hyp.policy == "step":
+        return lr * hyp.scale ** (i // hyp.step)
+    if hyp.policy == "exp":
+        return lr * hyp.gamma ** i
+    if hyp.policy == "sigmoid":
+        return lr / (1 + math.exp(min(hyp.gamma * (i - hyp.step), 700.0)))
+    if hyp.policy == "sgdr":  # cosine from lr down to learning_rate_min, each cycle sgdr_mult times longer
+        start, cycle = 0, hyp.sgdr_cycle or hyp.max_batches
+        while start + cycle < i:
+            start += cycle
+            cycle *= hyp.sgdr_mult
+        lo = hyp.learning_rate_min
+        return lo + 0.5 * (lr - lo) * (1 + math.cos((i - start) * math.pi / cycle))
     return lr
 
 

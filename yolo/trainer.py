@@ -61,7 +61,10 @@ from .hyp import (
     overrides_from,
     pick,
     plan_run,
+    resolve_ema_decay,
     resolve_hyp,
+    shrink_count,
+    unread_by_policy,
 )
 from .loaders import TrainDataset, collate, worker_init
 from .model import Darknet
@@ -213,6 +216,53 @@ def freeze(model: Darknet, n: int) -> list[str]:
     return frozen
 
 
+@dataclass(frozen=True)
+class StopBackward:
+    """Darknet's per-layer ``stopbackward`` (parse_network_cfg, backward_network_gpu), from the blocks'
+    ``stopbackward`` attribute. The last section with stopbackward=1 is where the backward stops for the
+    whole run: the sections before it have ``train=0`` (never updated, BatchNorm in inference mode) and it
+    gets no gradient itself. A section with stopbackward=N > 1 stops the backward for the first N steps:
+    it and every section before it get no update while ``step < N`` (the highest such section counts)."""
+
+    frozen: int = 0  # sections 0 .. frozen-1 never train and keep their BatchNorm statistics
+    no_grad: int = 0  # sections 0 .. no_grad-1 get no gradient for the whole run (frozen + the stop section)
+    until: tuple[tuple[int, int], ...] = ()  # (section index, step N): sections 0 .. index not updated before N
+
+    @classmethod
+    def of(cls, model: Darknet, max_batches: int = 0, total_steps: int = 0) -> "StopBackward":
+        """``until`` steps are fitted to a run shorter than ``max_batches`` as the schedule is (``shrink_count``)."""
+        marks = [(i, int(getattr(b, "stopbackward", 0))) for i, b in enumerate(model.module_list)]
+        last = max((i for i, n in marks if n == 1), default=-1)
+        until = tuple((i, shrink_count(n, max_batches, total_steps)) for i, n in marks if n > 1 and i > last)
+        return cls(max(last, 0), last + 1, until)
+
+    def held(self, step: int) -> int:
+        """The number of leading sections that get no update at ``step`` (0: none besides ``no_grad``)."""
+        return max([i + 1 for i, n in self.until if step < n] + [0])
+
+    def describe(self, model: Darknet) -> list[str]:
+        blocks = list(model.module_list)
+        notes = [f"stopbackward=1 at {blocks[self.no_grad - 1].where}: sections 0-{self.no_grad - 1} are not "
+                 f"trained (the first {self.frozen} keep their BatchNorm statistics)"] if self.no_grad else []
+        notes += [f"stopbackward at {blocks[i].where}: sections 0-{i} are not updated for the first {n} steps"
+                  for i, n in self.until]
+        return notes
+
+
+def apply_stop_backward(model: Darknet, stop: StopBackward) -> None:
+    """No gradient for the sections before the run's stopbackward=1 section and for it; the ones before it
+    frozen as ``freeze`` freezes them (inference-mode BatchNorm)."""
+    freeze(model, stop.frozen)
+    for block in list(model.module_list)[:stop.no_grad]:
+        for p in block.parameters():
+            p.requires_grad_(False)
+
+
+def _detach_output(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor | None:
+    """Darknet's ``onlyforward=1``: the layer's backward is skipped, so nothing flows back through it."""
+    return output.detach() if module.training else None
+
+
 def set_train_mode(model: nn.Module, frozen: int) -> None:
     """``model.train()``, but frozen sections keep their BatchNorm statistics."""
     m = unwrap(model)
@@ -335,6 +385,9 @@ class Trainer:
             problem = block.training_problem()
             if problem:
                 raise TrainSetupError(f"{block.where}: {problem}")
+        problems = model.net.training_problems()
+        if problems:
+            raise TrainSetupError("; ".join(problems))
         check_hyp(Hyp.from_net(model.net), str(model.cfg_path))
         return model
 
@@ -376,7 +429,8 @@ class Trainer:
                 notes.append(f"schedule shrunk to the run's {plan.total_steps} steps (cfg max_batches="
                              f"{net.max_batches}, ratio {plan.total_steps / net.max_batches:.4g})")
         hyp = hyp_from(settings)
-        rows = [(k, s.value, s.source) for k, s in settings.items() if k not in ("batch", "subdivisions")]
+        hidden = {"batch", "subdivisions"} | unread_by_policy(hyp.policy)
+        rows = [(k, s.value, s.source) for k, s in settings.items() if k not in hidden]
         ranks = f" x {self.world} ranks" if self.world > 1 else ""
         rows += [("batch", f"{batch} ({plan.minibatch} x {plan.accumulate} accumulated{ranks})",
                   settings["batch"].source),
@@ -399,6 +453,8 @@ class Trainer:
         multiscale = bool((o.multiscale if o.multiscale is not None else random) and augment)
         ms_range = multiscale_range(self.img_size, model.max_stride) if multiscale else None
         amp = amp_dtype(self.device, o.amp)
+        ema = resolve_ema_decay(o.ema_decay, model.net)
+        self.ema_decay = ema.value
         first_of_type = {type(head): head for head in reversed(model.heads)}  # the first head of each type
         head_rows = [row for head in reversed(first_of_type.values()) if (row := head.settings_row())]
         rows = [("augmentation", "on" if augment else "off", "--no-augment" if not augment else "default"),
@@ -407,6 +463,7 @@ class Trainer:
                 ("multiscale", f"{ms_range[0]}-{ms_range[1]}" if ms_range else "off",
                  "--multiscale" if o.multiscale is not None else "cfg [yolo] random"),
                 ("amp", str(amp).replace("torch.", "") if amp else False, "--amp" if o.amp is not None else "default"),
+                ("ema_decay", ema.value, ema.source),
                 ("device", f"{self.device}" + (f" x {self.world} (DDP)" if self.world > 1 else ""), ""),
                 *head_rows]
         return aug, augment, ms_range, amp, rows
@@ -440,12 +497,22 @@ class Trainer:
             model.to(memory_format=torch.channels_last)
         if o.freeze:
             self.say(f"frozen: the first {o.freeze} sections ({len(freeze(model, o.freeze))} blocks)")
+        self.stop = StopBackward.of(model, model.net.max_batches, self.plan.total_steps)
+        apply_stop_backward(model, self.stop)
+        self.frozen = max(o.freeze, self.stop.frozen)
+        self._held = {i + 1: [p for b in list(model.module_list)[:i + 1] for p in b.parameters() if p.requires_grad]
+                      for i, _ in self.stop.until}  # by StopBackward.held's count
+        for note in self.stop.describe(model):
+            self.say(f"note: {note}")
+        for block in model.module_list:
+            if getattr(block, "onlyforward", 0):
+                block.register_forward_hook(_detach_output)
         if self.world > 1 and o.sync_bn:
             if self.device.type == "cuda":
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
             else:  # PyTorch's SyncBatchNorm needs CUDA modules
                 self.say("note: --sync-bn ignored on CPU (PyTorch's SyncBatchNorm works on CUDA only)")
-        self.ema = ModelEMA(model, decay=o.ema_decay)
+        self.ema = ModelEMA(model, decay=self.ema_decay)
         self.optimizer = build_optimizer(model, self.hyp)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)  # bf16 needs no scaling
         self.loss_fn = YOLOLoss(model)
@@ -517,7 +584,7 @@ class Trainer:
         that an interrupt can save it. Returns the epoch's mean losses, last lr and data-wait share."""
         state, plan = self.state, self.plan
         loader = self._loader()
-        set_train_mode(self.wrapped, self.opts.freeze)
+        set_train_mode(self.wrapped, self.frozen)
         sums, count, micro, wait, busy = torch.zeros(4), 0, 0, 0.0, 0.0
         n_batches = self.n_batches = len(loader)
         self.batch_losses = None
@@ -583,6 +650,10 @@ class Trainer:
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         self.callbacks.fire("on_before_step", self)
+        held = self.stop.held(state.step)
+        if held:  # stopbackward=N: the sections up to it get no update in the first N steps
+            for p in self._held[held]:
+                p.grad = None
         if self.scaler.is_enabled():
             self.scaler.step(self.optimizer)
             self.scaler.update()

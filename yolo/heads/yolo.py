@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import torch
 
 from ..cfg import CfgWarning, Section
+from ..netconfig import accept_declared, training_refusals
 from ..registry import BuildContext, register
 from .base import Head, HeadLoss
 
@@ -91,6 +92,7 @@ class YOLOLayer(Head):
         self.mask: list[int] = list(range(len(anchors)))
         self.all_anchors: list[tuple[float, float]] = []  # every anchor of the [yolo] section (set by from_section)
         self.settings = YoloSettings()
+        self.refused: list[str] = []  # declared training keys the trainer does not implement (training_problem)
 
     @property
     def num_anchors(self) -> int:
@@ -123,6 +125,8 @@ class YOLOLayer(Head):
             layer.embedding_layer = ctx.layer_index(s, s.int("embedding_layer"), "embedding_layer")
         for key in ("track_history_size", "sim_thresh", "dets_for_show", "dets_for_track", "track_ciou_norm"):
             s.float(key, 0.0)
+        accept_declared(s, "yolo")  # yolo.params.CFG_KEYS: read, with why they change nothing here
+        layer.refused = training_refusals(s, "yolo", where=False)
         return layer
 
     def _grid(self, ny: int, nx: int, like: torch.Tensor) -> torch.Tensor:
@@ -185,7 +189,9 @@ class YOLOLayer(Head):
         return self.settings.random
 
     def training_problem(self) -> str | None:
-        return "new_coords=1 is not supported by the trainer" if self.new_coords else None
+        if self.new_coords:
+            return "new_coords=1 is not supported by the trainer"
+        return "; ".join(self.refused) or None
 
     @torch.no_grad()
     def init_bias(self, bias: torch.Tensor, input_hw: tuple[int, int], num_heads: int,
