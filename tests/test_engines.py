@@ -5,6 +5,7 @@ import argparse
 import inspect
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -119,3 +120,82 @@ def test_the_shipped_cfg_is_implied_only_for_engines_that_need_one(fake_engine):
     assert cfg_for("m.onnx") is None
     fake_engine.needs_cfg = False
     assert cfg_for("m.fake") is None
+
+
+# --- backend="auto": the companion .onnx beside the weights ---------------------------------------------
+@pytest.fixture
+def no_measurements(tmp_path, monkeypatch):
+    """An empty user cache folder: nothing measured, so auto takes its documented order."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+def test_fallback_order_with_a_companion():
+    from yolo.backends.auto import fallback_engine
+
+    everything = ["torch", "opencv", "onnxruntime"]
+    assert fallback_engine(".weights", True, everything, companion=True)[0] == "onnxruntime"
+    assert fallback_engine(".weights", False, everything, companion=True)[0] == "onnxruntime"
+    assert fallback_engine(".weights", True, ["torch", "opencv"], companion=True)[0] == "opencv"  # no onnxruntime
+    assert fallback_engine(".pt", False, everything, companion=True)[0] == "torch"
+
+
+def test_companion_problem_names_what_differs():
+    from yolo.backends.auto import SOURCE_KEYS, companion_problem
+
+    want = {SOURCE_KEYS[0]: "a", SOURCE_KEYS[1]: "b"}
+    assert companion_problem(dict(want, other="x"), want, None, (416, 416)) is None  # dynamic: any size
+    assert "other weights" in companion_problem({**want, SOURCE_KEYS[1]: "c"}, want, None, None)
+    assert "other weights" in companion_problem({}, want, None, None)
+    assert companion_problem(want, want, (320, 320), (320, 320)) is None
+    assert "exported for 320x320 input, not 416x416" in companion_problem(want, want, (320, 320), (416, 416))
+
+
+def test_the_shipped_companion_is_exported_from_the_shipped_model():
+    """yolo/assets/weights/yolo-fastest-1.1.onnx records the sha256 of the shipped cfg and weights:
+    after a change to either, write it again (yolo.backends.auto.write_companion)."""
+    onnx = pytest.importorskip("onnx")
+    from yolo.assets import DEFAULT_CFG, DEFAULT_WEIGHTS
+    from yolo.backends.auto import SOURCE_KEYS, companion_file, source_hashes
+    from yolo.cfg import read_cfg_text
+
+    path = companion_file(DEFAULT_WEIGHTS)
+    assert path == DEFAULT_WEIGHTS.with_suffix(".onnx")
+    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    assert {k: meta.get(k) for k in SOURCE_KEYS} == source_hashes(read_cfg_text(DEFAULT_CFG), DEFAULT_WEIGHTS)
+    assert meta["dynamic_size"] == "1" and meta["batch"] == "dynamic" and meta["precision"] == "fp32"
+
+
+def test_detector_auto_runs_the_companion_and_says_why(fastest_cfg, fastest_weights, samples_dir, tmp_path,
+                                                       no_measurements):
+    """Detector(backend="auto"): onnxruntime on the shipped .onnx (the torch engine's boxes); the same
+    .onnx beside a copy of the weights is used too, but not once the weights change (OpenCV then,
+    and the why says so); without one: OpenCV (a plain cfg)."""
+    pytest.importorskip("onnxruntime")
+    import shutil
+
+    import cv2
+
+    from yolo import Detector
+
+    img = cv2.imread(str(samples_dir / "dog.jpg"))
+    ref = Detector(fastest_cfg, fastest_weights, backend="torch")(img)
+    auto = Detector(fastest_cfg, fastest_weights, backend="auto", img_size=416)  # dynamic: any size
+    assert auto.engine.name == "onnxruntime" and auto.img_size == (416, 416)
+    auto = Detector(fastest_cfg, fastest_weights, backend="auto")
+    why = auto.engine.describe()
+    assert auto.engine.name == "onnxruntime" and "(auto: not measured; the .onnx exported from these weights" in why
+    assert auto.engine.info.extra["auto"] in why and "yolo-fastest-1.1.onnx" in why
+    got = auto(img)
+    assert got.shape == ref.shape and (got[:, 5] == ref[:, 5]).all()
+    np.testing.assert_allclose(got[:, :5], ref[:, :5], atol=1e-3, rtol=0)
+
+    weights = tmp_path / "mine.weights"
+    shutil.copy(fastest_weights, weights)
+    assert Detector(fastest_cfg, weights, backend="auto").engine.name == "opencv"  # no companion
+    shutil.copy(fastest_weights.with_suffix(".onnx"), tmp_path / "mine.onnx")
+    assert Detector(fastest_cfg, weights, backend="auto").engine.name == "onnxruntime"
+    data = bytearray(weights.read_bytes())
+    data[-4:] = b"\0\0\0\0"  # the weights changed after the export
+    weights.write_bytes(bytes(data))
+    stale = Detector(fastest_cfg, weights, backend="auto").engine
+    assert stale.name == "opencv" and "exported from another cfg or other weights" in stale.describe()

@@ -51,24 +51,25 @@ class Oracle(Backend):
 class Memo(TorchBackend):
     """The real model, remembering its output per input image (keyed by the exact input bytes).
 
-    The Darknet and COCO forms of coco128 feed identical tensors, so the comparisons below pay
+    The Darknet and COCO forms of coco128 feed identical arrays, so the comparisons below pay
     for one inference of the 128 images instead of three; outputs are the model's own.
     """
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
         self.run = super().__call__
-        self.cache: dict[bytes, torch.Tensor] = {}
+        self.cache: dict[bytes, np.ndarray] = {}
         self.calls = 0
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        keys = [x[i].numpy().tobytes() for i in range(x.shape[0])]
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        assert isinstance(x, np.ndarray)  # evaluate() feeds the engine contract's arrays, never tensors
+        keys = [x[i].tobytes() for i in range(x.shape[0])]
         todo = [i for i, k in enumerate(keys) if k not in self.cache]
         if todo:
             self.calls += 1
             for i, out in zip(todo, self.run(x[todo])):
                 self.cache[keys[i]] = out
-        return torch.stack([self.cache[k] for k in keys])
+        return np.stack([self.cache[k] for k in keys])
 
 
 def _oracle_eval(info, **kw):
@@ -185,6 +186,37 @@ def test_evaluate_leaves_caller_model_alone(coco_info, fastest_cfg):
     evaluate(model, info, workers=0, verbose=False, batch_size=3, fuse=True)
     assert model.training and not model.fused
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_evaluate_backend_auto_and_threads(coco_info, memo, fastest, fastest_cfg, fastest_weights, tmp_path,
+                                           monkeypatch):
+    """evaluate(weights file, backend="auto", threads=1): onnxruntime on the .onnx shipped beside the
+    weights (nothing measured), one thread, the torch engine's figures; a model in memory: auto is the
+    torch engine (and says why), another engine needs the file."""
+    pytest.importorskip("onnxruntime")
+    from yolo.backends.threads import engine_threads, set_threads
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    info = drop_crowd(coco_info)
+    info.records = info.records[:8]
+    kw = dict(conf_thres=0.005, verbose=False)
+    ref = evaluate(memo, info, workers=0, **kw)
+    before = torch.get_num_threads()
+    try:
+        got = evaluate(str(fastest_weights), info, cfg=fastest_cfg, backend="auto", threads=1, workers=1, **kw)
+        assert engine_threads() == 1
+    finally:
+        set_threads(None)
+        torch.set_num_threads(before)
+    assert got["engine"].startswith("onnxruntime fp32") and "auto: not measured" in got["engine"]
+    assert got["detections"] == ref["detections"] > 0
+    np.testing.assert_allclose(got["stats"], ref["stats"], atol=1e-4, rtol=0)  # measured: equal
+    m = evaluate(fastest, info, backend="auto", workers=0, **kw)
+    assert "auto: a model in memory" in m["engine"] and m["stats"] == ref["stats"]
+    with pytest.raises(EvalError, match="runs on the torch engine only; pass its weights file"):
+        evaluate(fastest, info, backend="opencv", verbose=False)
+    with pytest.raises(EvalError, match="the engine given is torch"):
+        evaluate(memo, info, backend="opencv", verbose=False)
 
 
 # --- bad input -----------------------------------------------------------------------------------

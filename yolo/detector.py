@@ -46,18 +46,20 @@ class Detector:
                  conf_thres: float = 0.25, nms_thres: float = 0.45, max_det: int = 100,
                  classes: Sequence[int | str] | None = None, half: bool = False, batch_size: int = 16,
                  backend: str | None = None, precision: str | None = None, threads: int | None = None) -> None:
-        """``backend``: ``torch`` or ``onnxruntime`` (default: by the weights file, ``.onnx`` ->
-        onnxruntime); ``precision``: fp32 (default), bf16, fp16 (``half=True`` is fp16) or int8,
-        where the engine and device support it. ``cfg`` may be None for a ``.onnx`` of ours.
-        ``backend="auto"``: the engine :mod:`yolo.benchmark` measured fastest for this model here, else
-        the order of :mod:`yolo.backends.auto`; ``threads``: CPU threads of the engine (default: all cores)."""
+        """``backend``: an engine of :mod:`yolo.backends` (torch, onnxruntime, opencv, openvino; default:
+        by the weights file, ``.onnx`` -> onnxruntime, else torch); ``precision``: fp32 (default), bf16,
+        fp16 (``half=True`` is fp16) or int8, where the engine and device support it. ``cfg`` may be
+        None for a ``.onnx`` of ours. ``backend="auto"`` (what detect.py and test.py default to): the
+        engine :mod:`yolo.benchmark` measured fastest for this model, size and machine, else the order
+        of :mod:`yolo.backends.auto`; ``self.engine.describe()`` says which and why. ``threads``: CPU
+        threads of the engine (default: all cores)."""
         if not 0.0 <= conf_thres <= 1.0 or not 0.0 <= nms_thres <= 1.0:
             raise DetectError(f"conf_thres and nms_thres must lie in [0, 1], got {conf_thres}, {nms_thres}")
         if max_det < 1 or batch_size < 1:
             raise DetectError(f"max_det and batch_size must be positive, got {max_det}, {batch_size}")
         precision = precision or ("fp16" if half else "fp32")
         try:
-            self.engine = load_backend(cfg, weights, backend, precision, device, threads=threads)
+            self.engine = load_backend(cfg, weights, backend, precision, device, threads=threads, img_size=img_size)
         except BackendError as e:
             raise DetectError(str(e)) from None
         info = self.engine.info

@@ -7,6 +7,9 @@ curves by slicing COCOeval's own ``precision`` array (shape [T, R, K, A, M]: IoU
 exactly as ``summarize()`` does for all classes.
 
 Pre- and post-processing are ``boxes.fit_image`` / ``boxes.postprocess``: the same code as detect.
+The whole path (reading, resizing, the engine, NMS, pycocotools) runs on numpy and OpenCV; torch is
+imported only when the torch engine runs (a ``Darknet`` given, or ``backend="torch"``) or under
+``torchrun`` (:mod:`yolo.sharding`). Images are read ahead in threads (:mod:`yolo.eval_data`).
 
 ``metric="darknet"`` adds Darknet's own ``detector map`` report (:mod:`yolo.darknet_map`) on
 the same detections, with Darknet's settings: candidates above 0.005, NMS 0.45, no cap on
@@ -21,21 +24,23 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
-from .backends import NMS_KEYS, Backend, ModelInfo
-from .backends.pytorch import TorchBackend
+from .backends import NMS_KEYS, Backend, BackendError, ModelInfo, load_backend
+from .backends.base import as_input
 from .boxes import Geometry, box_convert, denormalize_boxes, postprocess
 from .darknet_map import POINTS, darknet_letterbox_placement, darknet_map, darknet_nms, darknet_resize
 from .datasets import DatasetInfo, DataWarning, ImageRecord, Problems
 from .errors import YoloError
+from .eval_data import EvalDataset, eval_batches
 from .io import atomic_write, imread
-from .loaders import EvalDataset, collate_eval, worker_init
 from .plots import plot_pr_curves
+
+if TYPE_CHECKING:
+    import torch
 
 STAT_NAMES = [
     "AP@[.5:.95] all", "AP@.5 all", "AP@.75 all", "AP@[.5:.95] small", "AP@[.5:.95] medium",
@@ -193,17 +198,44 @@ def _size_hw(model: ModelInfo, img_size: int | Sequence[int] | None) -> tuple[in
     return size  # type: ignore[return-value]
 
 
-def _engine(model: torch.nn.Module | Backend, device: str | torch.device | None,
-            fuse: bool, precision: str = "fp32") -> tuple[Backend, bool | None]:
+def _engine(model: "torch.nn.Module | Backend | str | Path", device: "str | torch.device | None", fuse: bool,
+            precision: str = "fp32", backend: str | None = None, threads: int | None = None,
+            cfg: str | Path | None = None, img_size: int | Sequence[int] | None = None
+            ) -> tuple[Backend, bool | None]:
     """The engine to evaluate with, and the caller's training flag to restore (None: not a module).
-    A ``Darknet`` is never moved or changed: a copy goes to another device, gets fused or is cast
-    to ``precision`` (which then implies fusing)."""
+
+    ``model`` an engine: used as it is. A weights file (``.weights``, ``.pt``, ``.onnx``): loaded by
+    :func:`yolo.backends.load_backend` with ``cfg``, ``backend`` (None: by the file's suffix;
+    ``"auto"``: the measured fastest, else the documented order) and ``img_size`` (auto's choice
+    depends on it). A ``Darknet`` (torch imported by its caller) runs on the torch engine and is
+    never moved or changed: a copy goes to another device, gets fused or is cast to ``precision``
+    (which then implies fusing)."""
+    if threads is not None:
+        from .backends.threads import set_threads
+
+        set_threads(threads)
     if isinstance(model, Backend):
+        if backend not in (None, model.name):
+            raise EvalError(f"backend={backend!r} asked for, but the engine given is {model.name}: "
+                            "pass the weights file instead to have it loaded by that engine")
         if precision not in ("fp32", model.precision):
             raise EvalError(f"precision={precision!r} asked for, but the engine given runs {model.precision}: "
                             "build the engine in that precision instead")
         return model, None
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    if isinstance(model, (str, Path)):
+        try:
+            return load_backend(cfg, model, backend, precision, device if device is not None else "cpu",
+                                threads=threads, img_size=img_size), None
+        except BackendError as e:
+            raise EvalError(str(e)) from None
+    if backend not in (None, "torch", "auto"):
+        raise EvalError(f"backend={backend!r}: a model in memory runs on the torch engine only; pass its "
+                        "weights file (and cfg=) to evaluate it with another engine")
+    import torch
+
+    from .backends.pytorch import TorchBackend
+
+    device = torch.device(str(device)) if device is not None else next(model.parameters()).device
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     was_training = model.training
@@ -214,28 +246,41 @@ def _engine(model: torch.nn.Module | Backend, device: str | torch.device | None,
         net = (copy.deepcopy(net) if net is model else net).fuse()
     elif precision != "fp32" and net is model:  # the engine casts the model it is handed
         net = copy.deepcopy(net)
-    return TorchBackend(net.eval(), precision, device), was_training
+    engine = TorchBackend(net.eval(), precision, device)
+    if backend == "auto":
+        plain = engine.describe()
+        why = "a model in memory: only the torch engine holds it"
+        engine.describe = lambda: f"{plain} (auto: {why})"  # type: ignore[method-assign]
+        engine.info.extra["auto"] = why
+    return engine, was_training
 
 
-@torch.inference_mode()
-def evaluate(model: torch.nn.Module | Backend, info: DatasetInfo, img_size: int | Sequence[int] | None = None,
+def evaluate(model: "torch.nn.Module | Backend | str | Path", info: DatasetInfo,
+             img_size: int | Sequence[int] | None = None,
              batch_size: int = 16, conf_thres: float | None = None, nms_thres: float = 0.45,
-             max_det: int | None = None, workers: int = 2, device: str | torch.device | None = None,
+             max_det: int | None = None, workers: int = 2, device: "str | torch.device | None" = None,
              save_json: str | Path | None = None, plots_dir: str | Path | None = None, verbose: bool = True,
              letter_box: bool | None = None, fuse: bool = False, metric: str = "coco", points: int = 101,
              iou_thres: float = 0.5, conf_thres_report: float = 0.25,
              precision: str = "fp32", predictions: list | None = None,
-             shard: tuple[int, int] | None = None) -> dict[str, Any]:
+             shard: tuple[int, int] | None = None, backend: str | None = None, threads: int | None = None,
+             cfg: str | Path | None = None) -> dict[str, Any]:
     """COCO mAP of ``model`` on ``info`` (the function train.py calls after each epoch).
 
-    ``model`` is a ``Darknet`` (run by the torch engine) or any engine of :mod:`yolo.backends`
-    (onnxruntime, reduced precision): pre- and post-processing are the same for all. The
+    ``model`` is a ``Darknet`` (run by the torch engine), any engine of :mod:`yolo.backends`
+    (onnxruntime, OpenCV, reduced precision), or a weights file (``.weights`` / ``.pt`` with
+    ``cfg=``, or an ``.onnx``) that ``backend`` loads: None by its suffix, ``"auto"`` the engine
+    ``python -m yolo.benchmark`` measured fastest for this model, size and machine, else the
+    documented order of :mod:`yolo.backends.auto` (``metrics["engine"]`` says which and why).
+    ``threads``: CPU threads of the engine (default: all cores). Pre- and post-processing are
+    the same for all, and torch is imported only when the torch engine runs. The
     caller's model is left as it was (mode restored; with ``fuse=True`` a fused copy is
     evaluated; ``precision`` "bf16" / "fp16" evaluates a fused copy in that precision, see
     :mod:`yolo.backends.pytorch`). Unreadable images are warned about, skipped and left out of the
-    ground truth, so the rest is still scored. Returns the metrics dict: map, map50, map75, stats (the 12
-    COCOeval numbers), per_class {name: {ap, ap50, gt}}, images, skipped, detections,
-    ms_per_image {preprocess, inference, nms}.
+    ground truth, so the rest is still scored. ``workers``: threads reading and resizing images
+    ahead of the engine (0: in the calling thread). Returns the metrics dict: map, map50, map75,
+    stats (the 12 COCOeval numbers), per_class {name: {ap, ap50, gt}}, images, skipped, detections,
+    engine, ms_per_image {preprocess, inference, nms}.
 
     ``metric="darknet"`` also returns ``darknet``: Darknet's ``detector map`` report
     (:func:`yolo.darknet_map.darknet_map`: mAP@``iou_thres`` with ``points`` recall points, 0 for
@@ -262,7 +307,7 @@ def evaluate(model: torch.nn.Module | Backend, info: DatasetInfo, img_size: int 
         conf_thres = 0.005 if darknet else 0.001
     if max_det is None:
         max_det = 0 if darknet else 100
-    engine, was_training = _engine(model, device, fuse, precision)
+    engine, was_training = _engine(model, device, fuse, precision, backend, threads, cfg, img_size)
     minfo = engine.info
     if minfo.num_classes != info.num_classes:
         raise EvalError(f"{info.source}: the dataset has {info.num_classes} classes but the model "
@@ -274,10 +319,7 @@ def evaluate(model: torch.nn.Module | Backend, info: DatasetInfo, img_size: int 
     records = info.records
     todo = records if shard is None else records[shard[0]::shard[1]]
     dataset_cls = DarknetEvalDataset if darknet else EvalDataset  # Darknet resizes its own way
-    loader = torch.utils.data.DataLoader(
-        dataset_cls(todo, size_hw, letter_box), batch_size=batch_size, shuffle=False,
-        num_workers=workers, collate_fn=collate_eval, pin_memory=engine.device.type == "cuda",
-        worker_init_fn=worker_init if workers > 0 else None)
+    loader = eval_batches(dataset_cls(todo, size_hw, letter_box), batch_size, workers)
     nms = _nms(minfo, darknet, conf_thres, nms_thres, max_det, size_hw)
     try:
         run = _predict(engine, loader, nms, todo, problems, verbose)
@@ -312,7 +354,7 @@ def evaluate(model: torch.nn.Module | Backend, info: DatasetInfo, img_size: int 
     n = max(len(done), 1)
     metrics: dict[str, Any] = {
         "images": len(done), "skipped": len(records) - len(done), "detections": int(len(dets)),
-        "img_size": list(size_hw), "letter_box": letter_box,
+        "img_size": list(size_hw), "letter_box": letter_box, "engine": engine.describe(),
         "ms_per_image": {k: 1e3 * v / n for k, v in run.seconds.items()},
     }
     if darknet:  # Darknet does not clip its boxes to the image
@@ -330,7 +372,7 @@ def evaluate(model: torch.nn.Module | Backend, info: DatasetInfo, img_size: int 
 
 
 def _nms(minfo: ModelInfo, darknet: bool, conf_thres: float, nms_thres: float, max_det: int,
-         size_hw: tuple[int, int]) -> Callable[[torch.Tensor], list[np.ndarray]]:
+         size_hw: tuple[int, int]) -> Callable[[np.ndarray], list[np.ndarray]]:
     """The post-processing of one batch: ours (``boxes.postprocess``, per-class NMS, at most
     ``max_det``), or Darknet's own NMS kind read from its last head (``ModelInfo.extra``: the head's
     ``nms_settings()``), uncapped unless max_det > 0."""
@@ -338,9 +380,9 @@ def _nms(minfo: ModelInfo, darknet: bool, conf_thres: float, nms_thres: float, m
         return lambda pred: postprocess(pred, conf_thres, nms_thres, max_det if max_det > 0 else None)
     head_nms = {k: minfo.extra[k] for k in NMS_KEYS if k in minfo.extra}  # absent: darknet_nms's plain IoU NMS
 
-    def nms(pred: torch.Tensor) -> list[np.ndarray]:
+    def nms(pred: np.ndarray) -> list[np.ndarray]:  # (a torch tensor too: engines of before the numpy contract)
         outs = [darknet_nms(p, conf_thres, nms_thres, input_wh=(size_hw[1], size_hw[0]), **head_nms)
-                for p in pred.detach().float().cpu().numpy()]
+                for p in as_input(pred)[0]]
         return [o[np.argsort(-o[:, 4], kind="stable")[:max_det]] for o in outs] if max_det > 0 else outs
     return nms
 
@@ -354,30 +396,24 @@ class _Predictions:
     seconds: dict[str, float]
 
 
-def _predict(engine: Backend, loader: Any, nms: Callable[[torch.Tensor], list[np.ndarray]],
+def _predict(engine: Backend, loader: Any, nms: Callable[[np.ndarray], list[np.ndarray]],
              records: Sequence[ImageRecord], problems: Problems, verbose: bool) -> _Predictions:
-    """Every readable image through the engine and ``nms``; unreadable ones named and counted."""
+    """Every readable image through the engine and ``nms``; unreadable ones named and counted.
+    (Engines answer on the CPU, numpy: the time of a GPU engine includes its copy back.)"""
     outputs: dict[int, tuple[np.ndarray, Geometry]] = {}
     seconds = {"preprocess": 0.0, "inference": 0.0, "nms": 0.0}
-    cuda = engine.device.type == "cuda"
     for batch in tqdm(loader, desc="test", unit="batch", disable=not verbose, leave=False):
         for i, reason in batch.skipped:
             problems.add("unreadable image", f"{records[i].path}: {reason}; skipped (left out of the "
                                              "ground truth too)")
         if not batch.indices:
             continue
-        t0 = time.perf_counter()
-        x = batch.images.to(engine.device, non_blocking=True) if cuda else batch.images
-        if cuda:
-            torch.cuda.synchronize(engine.device)
         t1 = time.perf_counter()
-        pred = engine(x)
-        if cuda:
-            torch.cuda.synchronize(engine.device)
+        pred = engine(batch.images)
         t2 = time.perf_counter()
         for i, geom, out in zip(batch.indices, batch.geometries, nms(pred)):
             outputs[i] = (out, geom)
-        seconds["preprocess"] += batch.preprocess_s + (t1 - t0)
+        seconds["preprocess"] += batch.preprocess_s
         seconds["inference"] += t2 - t1
         seconds["nms"] += time.perf_counter() - t2
     return _Predictions(outputs, seconds)

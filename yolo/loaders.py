@@ -1,10 +1,11 @@
 """Datasets as PyTorch sees them: augmented training samples and evaluation batches, with
 their collates. Records come from :mod:`yolo.datasets`; pixels go through :mod:`yolo.boxes`
-(the same placement as inference) and :mod:`yolo.augment`."""
+(the same placement as inference) and :mod:`yolo.augment`. The evaluation items themselves are
+torch-free (:mod:`yolo.eval_data`, what ``evaluate()`` reads with); :func:`collate_eval` is their
+DataLoader collate."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -12,50 +13,18 @@ import torch
 from torch.utils.data import Dataset
 
 from .augment import AugmentConfig, hsv_jitter, random_place, transform_boxes
-from .boxes import LETTERBOX_FILL, Geometry, box_convert, denormalize_boxes, fit_image, normalize_boxes, to_tensor
-from .datasets import ImageRecord, read_image
-from .io import imread
+from .boxes import LETTERBOX_FILL, box_convert, denormalize_boxes, fit_image, normalize_boxes
+from .datasets import read_image
+from .eval_data import EvalBatch, EvalDataset, Item, collate_arrays  # noqa: F401 (EvalDataset: its old home)
 
 
-class EvalDataset(torch.utils.data.Dataset):
-    """Records -> network-input images; an unreadable image yields None and is skipped by the collate.
-
-    Items are ``(image HWC uint8 BGR at size_hw, index, Geometry | reason str, seconds spent)``.
-    """
-
-    def __init__(self, records: Sequence[ImageRecord], size_hw: tuple[int, int], letter_box: bool) -> None:
-        self.records = records
-        self.size_hw = size_hw
-        self.letter_box = letter_box
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, i: int) -> tuple[np.ndarray | None, int, Geometry | str, float]:
-        t0 = time.perf_counter()
-        img, reason = imread(self.records[i].path)
-        if img is None:
-            return None, i, reason, time.perf_counter() - t0
-        img, geom = fit_image(img, self.size_hw, self.letter_box)
-        return img, i, geom, time.perf_counter() - t0
-
-
-@dataclass
-class EvalBatch:
-    images: torch.Tensor  # (B, 3, H, W) float RGB 0..1
-    indices: list[int]  # record index of each image
-    geometries: list[Geometry]
-    skipped: list[tuple[int, str]]  # (record index, reason) of unreadable images
-    preprocess_s: float  # seconds spent reading + resizing + converting this batch
-
-
-def collate_eval(items: list[tuple[np.ndarray | None, int, Geometry | str, float]]) -> EvalBatch:
+def collate_eval(items: list[Item]) -> EvalBatch:
+    """:func:`yolo.eval_data.collate_arrays` with the images as a torch tensor (a DataLoader's collate)."""
+    batch = collate_arrays(items)
     t0 = time.perf_counter()
-    good = [it for it in items if it[0] is not None]
-    skipped = [(i, str(reason)) for img, i, reason, _ in items if img is None]
-    images = to_tensor([it[0] for it in good]) if good else torch.zeros(0)
-    return EvalBatch(images, [it[1] for it in good], [it[2] for it in good], skipped,
-                     sum(it[3] for it in items) + time.perf_counter() - t0)
+    batch.images = torch.from_numpy(batch.images) if batch.indices else torch.zeros(0)
+    batch.preprocess_s += time.perf_counter() - t0
+    return batch
 
 
 def worker_init(_: int) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from .base import ENGINES, NMS_KEYS, PRECISIONS, Backend, BackendError, ModelInfo, register_engine
 
@@ -73,30 +73,59 @@ def backend_for(weights: str | Path | None, backend: str | None) -> str:
 
 def load_backend(cfg: str | Path | None, weights: str | Path, backend: str | None = None,
                  precision: str = "fp32", device: "str | torch.device" = "cpu",
-                 names: list[str] | None = None, threads: int | None = None) -> Backend:
+                 names: list[str] | None = None, threads: int | None = None,
+                 img_size: int | Sequence[int] | None = None) -> Backend:
     """An engine for ``cfg`` + ``weights`` (``.weights``, ``.pt`` or ``.onnx``); ``threads``: CPU
-    threads for every engine (:mod:`yolo.backends.threads`; None: as set before, else all cores)."""
+    threads for every engine (:mod:`yolo.backends.threads`; None: as set before, else all cores).
+    ``backend="auto"``: :mod:`yolo.backends.auto` picks (for ``img_size``, default the cfg's), and
+    ``describe()`` / ``info.extra["auto"]`` say what and why."""
     from .threads import set_threads
 
     if threads is not None:
         set_threads(threads)
-    if backend == "auto":  # the measured fastest for this model and machine, else a documented order
-        from .auto import resolve_auto
-
-        backend, precision, chosen, why = resolve_auto(cfg, weights)
-        if str(chosen) != str(weights):  # the benchmark's .onnx: it carries its model info, so no cfg
-            cfg = None  # (checking it against the cfg would build the model, importing torch)
-        engine = load_backend(cfg, chosen, backend, precision, device, names, threads)
-        plain = engine.describe()
-        engine.describe = lambda: f"{plain} (auto: {why})"  # type: ignore[method-assign]
-        engine.info.extra["auto"] = why
-        return engine
+    if backend == "auto":
+        return _load_auto(cfg, weights, precision, device, names, threads, img_size)
     cls = engine_class(backend_for(weights, backend))
     if precision not in PRECISIONS:
         raise BackendError(f"precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
     engine = cls.from_files(cfg, weights, precision, device, names)
     if threads is not None:
         set_threads(threads)  # again: the engine may have imported torch
+    return engine
+
+
+def _load_auto(cfg: str | Path | None, weights: str | Path, precision: str, device: "str | torch.device",
+               names: list[str] | None, threads: int | None, img_size: int | Sequence[int] | None) -> Backend:
+    """``backend="auto"``: the measured fastest for this model and machine, else a documented order.
+    A precision other than fp32 asked for, or a GPU, is not auto's to choose: it keeps the engine the
+    weights ask for (torch for Darknet files) with a why that says so."""
+    from .auto import companion_problem, resolve_auto
+
+    if precision != "fp32" or str(device) != "cpu":
+        engine = load_backend(cfg, weights, None, precision, device, names, threads)
+        return _say_why(engine, f"{precision} on {device} asked for: the engine of the weights file")
+    skip = None
+    while True:
+        backend, precision, chosen, why, expected = resolve_auto(cfg, weights, img_size, skip)
+        # the benchmark's or the companion .onnx carries its model info, so no cfg (checking it
+        # against the cfg would build the model, importing torch)
+        engine = load_backend(None if str(chosen) != str(weights) else cfg, chosen, backend, precision, device,
+                              names, threads)
+        if not expected:
+            return _say_why(engine, why)
+        meta = dict(engine.session.get_modelmeta().custom_metadata_map)  # type: ignore[attr-defined]
+        hw = None
+        if img_size is not None:
+            hw = (img_size, img_size) if isinstance(img_size, int) else (int(img_size[0]), int(img_size[-1]))
+        skip = companion_problem(meta, expected, getattr(engine, "fixed_hw", None), hw)
+        if skip is None:
+            return _say_why(engine, why)
+
+
+def _say_why(engine: Backend, why: str) -> Backend:
+    plain = engine.describe()
+    engine.describe = lambda: f"{plain} (auto: {why})"  # type: ignore[method-assign]
+    engine.info.extra["auto"] = why
     return engine
 
 

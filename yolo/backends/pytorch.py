@@ -180,7 +180,12 @@ class TorchBackend(Backend):
     def from_files(cls, cfg: str | Path | None, weights: str | Path, precision: str = "fp32",
                    device: "str | torch.device" = "cpu", names: list[str] | None = None) -> "TorchBackend":
         """``names`` given: they replace the checkpoint's (checked against the model's classes)."""
-        import torch
+        try:
+            import torch
+        except ImportError:
+            raise BackendError(f"{Path(str(weights)).name}: the torch engine needs PyTorch, which is not installed "
+                               "here (pip install torch); a plain Darknet cfg runs with --backend opencv, an "
+                               ".onnx export with onnxruntime") from None
 
         from ..model import Darknet
         from ..weights_file import load_weights

@@ -203,9 +203,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="Darknet cfg (path, or a name in cfg/); default: the shipped model's, or none for an .onnx")
     p.add_argument("--weights", default=str(DEFAULT_WEIGHTS),
                    help="Darknet .weights, a .pt checkpoint or an .onnx export (path, or a name in weights/)")
-    p.add_argument("--backend", choices=engine_names() + ("auto",), default=None,
-                   help="inference engine (default: onnxruntime for an .onnx file, else torch); auto: the one "
-                        "python -m yolo.benchmark measured fastest here, else opencv for a plain Darknet cfg")
+    p.add_argument("--backend", choices=engine_names() + ("auto",), default="auto",
+                   help="inference engine; auto: the one python -m yolo.benchmark measured fastest for this "
+                        "model here, else onnxruntime for an .onnx (or the .onnx shipped beside the default "
+                        "weights), opencv for a plain Darknet cfg, torch for the rest (README: Engines)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="CPU threads of the engine (OpenCV, onnxruntime, OpenVINO, torch; default: all cores)")
     p.add_argument("--precision", choices=PRECISIONS, default=None,

@@ -71,6 +71,8 @@ def run(args: argparse.Namespace) -> Summary:
     detector = Detector(names=args.names, device=device, img_size=img_size, conf_thres=args.conf_thres,
                         nms_thres=args.nms_thres, max_det=args.max_det, classes=args.classes,
                         batch_size=args.batch_size, **engine_args(args))
+    if not args.quiet:
+        print(f"engine: {detector.engine.describe()}")
     writes = not args.no_save or args.save_txt or args.save_json
     output = Path(args.output) if args.output else (increment_dir(Path("runs") / "detect") if writes else None)
     return detect_source(detector, source, output, save=not args.no_save, save_txt=args.save_txt,

@@ -59,9 +59,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="at most this many detections per image, 0: no limit (default: 100; no limit "
                         "with --metric darknet, as Darknet)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or N")
-    p.add_argument("--workers", type=int, default=min(4, max(0, (os.cpu_count() or 1) // 2 - 1)),
-                   help="DataLoader worker processes reading images (0: in the main process; the "
-                        "default leaves inference most cores: 0 on 2 cores, 1 on 4, 3 on 8)")
+    p.add_argument("--workers", type=int, default=min(4, max(1, (os.cpu_count() or 1) // 2)),
+                   help="threads reading and resizing images ahead of the engine (0: in the main thread; "
+                        "default: 1 on 2 cores, 2 on 4, 4 on 8 or more)")
     p.add_argument("--save-json", default=None, metavar="FILE", help="write the detections as COCO results json")
     p.add_argument("--metrics-json", default=None, metavar="FILE", help="write the metrics as json")
     p.add_argument("--plots", default=None, metavar="DIR",
@@ -95,12 +95,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     info = load_dataset(args.data, args.images, split=args.split)  # before the model: a typo fails fast
     if not info.records:
         raise UserError(f"{info.source}: no usable images")
-    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-        # Leave the loader workers their cores: torch threads that outnumber free cores spin in
-        # OpenMP barriers (measured 4x slower inference on 2 cores with 2 workers + 2 threads).
-        import torch
-
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) - args.workers))
     with sharded_session(device) as (rank, world, device):  # under torchrun: each rank its share of images
         return _evaluate(args, info, device, rank, world)
 
@@ -110,10 +104,21 @@ def _evaluate(args: argparse.Namespace, info: Any, device: Any, rank: int, world
     from ..backends import load_backend
     from ..evaluate import evaluate
 
-    model = load_backend(device=device, **engine_args(args))
     img_size = parse_img_size(args.img_size)
+    model = load_backend(device=device, img_size=img_size, **engine_args(args))
+    if model.name == "torch" and args.threads is None and args.workers and device.type == "cpu" \
+            and "OMP_NUM_THREADS" not in os.environ:
+        # Leave the reading threads their cores: torch threads that outnumber free cores spin in OpenMP
+        # barriers (measured 4x slower inference on 2 cores with 2 workers + 2 threads). onnxruntime
+        # (spinning off) and OpenCV keep every core: on coco128, 2 cores, 1 reader, 2 onnxruntime
+        # threads took 7.5 s against 9.0 s with 1 (medians of 3, machine busy)
+        from ..backends.threads import set_threads
+
+        set_threads(max(1, (os.cpu_count() or 1) - args.workers))
     print(f"{len(info.records)} images from {info.source}"
           + (f" (skipped: {info.problems.summary()})" if info.problems else ""), file=sys.stderr)
+    if rank == 0:
+        print(f"engine: {model.describe()}", file=sys.stderr)
     predictions: list | None = [] if args.plots else None
     metrics = evaluate(model, info, img_size=img_size, batch_size=args.batch_size, conf_thres=args.conf_thres,
                        nms_thres=args.nms_thres, max_det=args.max_det, workers=args.workers, device=device,
