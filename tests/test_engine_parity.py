@@ -216,8 +216,8 @@ def test_detector_and_cli_on_opencv_and_auto(fastest_cfg, fastest_weights, sampl
     np.testing.assert_allclose(got[:, :4] / [w, h, w, h], ref[:, :4] / [w, h, w, h], atol=1e-4, rtol=0)
     np.testing.assert_allclose(got[:, 4], ref[:, 4], atol=1e-3, rtol=0)
     assert (got[:, 5] == ref[:, 5]).all()
-    auto = Detector(fastest_cfg, fastest_weights, backend="auto")
-    assert auto.engine.name == "opencv" and "auto: not measured" in auto.engine.describe()
+    auto = Detector(fastest_cfg, fastest_weights, backend="auto")  # the .onnx shipped beside the weights
+    assert auto.engine.name == "onnxruntime" and "auto: not measured" in auto.engine.describe()
     assert detect.main(["--backend", "auto", "--threads", "1", "--source", str(samples_dir / "dog.jpg"),
                         "--output", str(tmp_path / "out")]) == 0
     assert "dog" in capsys.readouterr().out
