@@ -69,6 +69,7 @@ class Route(Block):
             keep_activation(ctx, i)  # Darknet: an xnor layer read here loses bin_output
         block = cls(inputs, slices, ctx.strides[inputs[0]])
         block.whole = groups == 1
+        block.onlyforward = s.int("onlyforward", 0)  # Darknet: no backward through it (the trainer honours it)
         return block
 
     def out_hw(self, in_hw: tuple[int, int], refs: list[RefMap]) -> tuple[int, int]:
