@@ -41,7 +41,7 @@ class Crop(Block):
         return self.hw
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = int(x.shape[-2]), int(x.shape[-1])
+        h, w = x.shape[-2], x.shape[-1]  # not int(): a traced (dynamic ONNX) graph keeps the centring
         top, left = (h - self.hw[0]) // 2, (w - self.hw[1]) // 2
         x = x[:, :, top:top + self.hw[0], left:left + self.hw[1]]
         return x * 2 - 1 if self.adjust else x.clone()
