@@ -77,29 +77,45 @@ class _PaddedMaxPool(torch.autograd.Function):
                     pads_i=[top, left, bottom, right])
 
 
-def _export_friendly_maxpools(model: torch.nn.Module, hw: tuple[int, int]) -> None:
+def _export_friendly_maxpools(model: torch.nn.Module, hw: tuple[int, int]) -> list[torch.nn.Module]:
     """In the export copy: each [maxpool] that pads through F.pad runs as :class:`_PaddedMaxPool`
-    with its plan at ``hw`` (fixed for every multiple of the stride: see _maxpool_plans_fixed)."""
+    with its plan at ``hw`` (fixed for every multiple of the stride: see _dynamic_ready). Returns the
+    blocks changed, for :func:`_restore_forwards` ([local_avgpool], a MaxPool by geometry, averages: kept)."""
     from .blocks.routing import MaxPool
 
     shapes = [(hw[0], hw[1])] + [o[1:] for o in model.output_shapes(*hw)[:-1]]
+    changed = []
     for i, block in enumerate(model.module_list):
-        if isinstance(block, MaxPool):
+        if type(block) is MaxPool:
             pads, inner = block._plan(*shapes[i])  # noqa: SLF001
             if any(pads):
                 block.forward = (lambda x, b=block, p=pads: _PaddedMaxPool.apply(x, b.size, b.step, p))
+                changed.append(block)
+    return changed
 
 
-def _maxpool_plans_fixed(model: torch.nn.Module, hw: tuple[int, int]) -> None:
-    """A dynamic graph bakes each [maxpool]'s padding plan at the export size: refuse, naming the
-    section, a pool whose plan differs at another multiple of the stride."""
+def _restore_forwards(blocks: list[torch.nn.Module]) -> None:
+    """Undo :func:`_export_friendly_maxpools`, so the check compares the graph with the blocks' own maths."""
+    for block in blocks:
+        vars(block).pop("forward", None)
+
+
+def _dynamic_ready(model: torch.nn.Module, hw: tuple[int, int]) -> None:
+    """A dynamic graph must run at every size: refuse, naming the section, one sized for the [net] map
+    ([connected], [local], [detection]: a ConfigError at another size) or a pool whose padding plan (baked
+    into the graph at the export size) differs at another multiple of the stride."""
     from .blocks.routing import MaxPool
+    from .cfg import ConfigError
 
     s = model.max_stride
     sizes = [hw, (hw[0] + s, hw[1] + s), (hw[0] + 2 * s, hw[1] + 3 * s)]
     in_shapes = []
     for h, w in sizes:
-        out = model.output_shapes(h, w)
+        try:
+            out = model.output_shapes(h, w)
+        except ConfigError as e:
+            raise ExportError(f"--dynamic: {e} (at input {h}x{w}); a dynamic graph must run at every size: "
+                              "export without --dynamic (one size)") from None
         in_shapes.append([(h, w)] + [o[1:] for o in out[:-1]])
     for i, block in enumerate(model.module_list):
         if isinstance(block, MaxPool):
@@ -107,7 +123,7 @@ def _maxpool_plans_fixed(model: torch.nn.Module, hw: tuple[int, int]) -> None:
             if len(plans) > 1:
                 raise ExportError(f"{block.where} size={block.size} stride={block.step} "
                                   f"padding={block.padding} pads differently at different input sizes; "
-                                  "ONNX MaxPool padding is fixed: export without --dynamic (one size)")
+                                  "ONNX pooling padding is fixed: export without --dynamic (one size)")
 
 
 def _export(model: torch.nn.Module, args: tuple, f: Any, opset: int, dynamic: bool = False) -> None:
@@ -240,14 +256,17 @@ def export_onnx(model: torch.nn.Module, out: str | Path, img_size: int | Sequenc
     m = _inference_copy(model)
     m.check_input(torch.empty(1, m.net.channels, *hw, device="meta"))  # maps that vanish at this size
     if dynamic:
-        _maxpool_plans_fixed(m, hw)
-    _export_friendly_maxpools(m, hw)
+        _dynamic_ready(m, hw)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     x = torch.rand(2 if dynamic else batch, m.net.channels, *hw)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as tmp:  # atomic: no file if it fails
         tmp_path = Path(tmp) / out.name
-        _trace(m, x, tmp_path, dynamic, opset)
+        changed = _export_friendly_maxpools(m, hw)
+        try:
+            _trace(m, x, tmp_path, dynamic, opset)
+        finally:
+            _restore_forwards(changed)
         set_metadata(tmp_path, model_metadata(m, names, hw, None if dynamic else batch)
                      | ({"dynamic_size": "1"} if dynamic else {}))
         if check:

@@ -59,11 +59,15 @@ class LocalAvgPool(MaxPool):
         return cls(ctx.c_in, size, step, padding, ctx.stride_in * step)
 
     def _count(self, h: int, w: int, x: torch.Tensor) -> torch.Tensor:
-        """In-map pixels of each window (1, 1, out_h, out_w), cached per input size and device."""
+        """In-map pixels of each window (1, 1, out_h, out_w), cached per input size and device. Traced (ONNX
+        export), it is computed from ``x`` in the graph, so a dynamic-size graph does not keep one size's."""
+        (top, bottom), (left, right) = self._side(h), self._side(w)
+        if torch.jit.is_tracing():
+            ones = F.pad(torch.ones_like(x[:1, :1]), (left, right, top, bottom))
+            return F.avg_pool2d(ones, self.size, self.step) * (self.size * self.size)
         key = (h, w, x.device, x.dtype)
         count = self._counts.get(key)
         if count is None:
-            (top, bottom), (left, right) = self._side(h), self._side(w)
             ones = F.pad(torch.ones(1, 1, h, w, device=x.device, dtype=x.dtype), (left, right, top, bottom))
             count = F.avg_pool2d(ones, self.size, self.step) * (self.size * self.size)
             self._counts[key] = count
