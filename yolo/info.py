@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -154,9 +155,15 @@ def layer_table(model: nn.Module, size: tuple[int, int] | int | None = None) -> 
 
 
 def total_bflops(rows_or_model, size: tuple[int, int] | int | None = None) -> float:
-    """Darknet's ``Total BFLOPS``: the sum over the rows (or over ``layer_table(model, size)``)."""
+    """Darknet's ``Total BFLOPS``: the sum over the rows (or over ``layer_table(model, size)``), added up as
+    ``parse_network_cfg_custom`` does: each layer's ``float l.bflops`` into a ``float`` (float32 rounding,
+    which moves the 4th decimal of a 700-BFLOPs net)."""
     rows = rows_or_model if isinstance(rows_or_model, list) else layer_table(rows_or_model, size)
-    return sum(r.bflops for r in rows)
+    total = np.float32(0.0)
+    for r in rows:
+        if r.bflops > 0:
+            total = np.float32(total + np.float32(r.bflops))
+    return float(total)
 
 
 def weights_file_bytes(model: nn.Module) -> int:
