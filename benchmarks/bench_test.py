@@ -119,8 +119,8 @@ def main() -> int:
             "--images", str(args.coco128 / "val2017"), "--conf-thres", str(args.conf), "--no-progress"]
     if args.workers is not None:
         base += ["--workers", str(args.workers)]
-    cmds = {"opencv": [sys.executable, __file__, "--coco128", str(args.coco128), "--conf", str(args.conf),
-                       "--opencv-only", str(tmp / "opencv.json")]}
+    cmds = {"pipeline": [sys.executable, __file__, "--coco128", str(args.coco128), "--conf", str(args.conf),
+                         "--opencv-only", str(tmp / "pipeline.json")]}
     for v in (v.strip() for v in args.variants.split(",") if v.strip()):
         cmds[v] = [*base, *variant_args(v), "--metrics-json", str(tmp / f"{v}.json")]
     times: dict[str, list[float]] = {k: [] for k in cmds}
@@ -129,15 +129,15 @@ def main() -> int:
         for name, cmd in cmds.items():
             times[name].append(timed(cmd)[0])
     load.append(os.getloadavg()[0])
-    ref_s = statistics.median(times["opencv"])
-    ref = json.loads((tmp / "opencv.json").read_text())
+    ref_s = statistics.median(times["pipeline"])
+    ref = json.loads((tmp / "pipeline.json").read_text())
     print(f"coco128, yolo-fastest-1.1 @320, conf {args.conf}, whole processes, median of {args.repeat} "
           f"interleaved runs (load average {load[0]:.1f} -> {load[1]:.1f} on {os.cpu_count()} cores)")
     print(f"  {'command':<34} {'median s':>9} {'min s':>7} {'x opencv':>9}  {'mAP':>7} {'mAP@.5':>7}")
-    print(f"  {'opencv dnn pipeline':<34} {ref_s:9.2f} {min(times['opencv']):7.2f} {1:8.2f}x  "
+    print(f"  {'opencv dnn pipeline':<34} {ref_s:9.2f} {min(times['pipeline']):7.2f} {1:8.2f}x  "
           f"{ref['map']:7.4f} {ref['map50']:7.4f}")
     for name in cmds:
-        if name == "opencv":
+        if name == "pipeline":
             continue
         m = json.loads((tmp / f"{name}.json").read_text())
         med = statistics.median(times[name])
@@ -145,7 +145,7 @@ def main() -> int:
         label = "test.py " + ("--weights <the shipped .onnx>" if name == "onnx" else " ".join(variant_args(name)))
         print(f"  {label.strip():<34} {med:9.2f} {min(times[name]):7.2f} {med / ref_s:8.2f}x  {m['map']:7.4f} "
               f"{m['map50']:7.4f}   ({ms['preprocess']:.1f} / {ms['inference']:.1f} / {ms['nms']:.1f} ms per image "
-              f"pre / infer / NMS; {m.get('engine', '?')})")
+              f"pre / infer / NMS; {m.get('engine', '?').split(' (auto')[0]})")
     imports = {name: statistics.median(timed([sys.executable, "-c", code])[0] for _ in range(args.repeat))
                for name, code in (("opencv", "import cv2, numpy, pycocotools.coco"),
                                   ("ours", "import yolo.cli.test, yolo.evaluate, yolo.backends.ort"))}
