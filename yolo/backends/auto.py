@@ -102,7 +102,7 @@ def fallback_engine(weights_suffix: str, opencv_reads: bool, installed: Sequence
                 return name, f"not measured; an .onnx runs on {name}"
     if weights_suffix == ".weights" and companion and "onnxruntime" in installed:
         return "onnxruntime", ("not measured; the .onnx exported from these weights lies beside them "
-                               "(onnxruntime: fastest on depthwise models, no torch import)")
+                               "(onnxruntime: the fastest engine on depthwise models)")
     if weights_suffix == ".weights" and opencv_reads and "opencv" in installed:
         return "opencv", "not measured; OpenCV DNN reads this plain Darknet cfg (fastest on dense cfgs on AVX2)"
     return "torch", "not measured; torch runs every cfg of ours"
