@@ -56,6 +56,8 @@ def children(pid: int) -> list[int]:
 def kill_tree(proc: subprocess.Popen) -> None:
     """SIGKILL ``proc`` and every process below it: torchrun starts each worker in a session of its
     own, so killing the agent's process group would leave the workers waiting on gloo."""
+    if proc.poll() is not None:  # ended (and reaped): its pid may be another process's now
+        return
     tree, todo = [], [proc.pid]
     while todo:  # collected before any kill: an orphan is re-parented and lost from view
         tree.append(pid := todo.pop())
