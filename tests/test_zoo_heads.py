@@ -418,6 +418,46 @@ def test_the_head_trains_loss_falls_on_shapes(tmp_path, kind):
     assert out.shape[-1] == 5 + 3 and torch.isfinite(out).all()
 
 
+def found(rows: torch.Tensor, targets: torch.Tensor, size: int) -> float:
+    """The share of targets that one of their image's top-scored decoded rows (as many as it has targets,
+    plus 2) finds: IoU > 0.5 and the right class."""
+    from yolo.boxes import box_convert, box_iou
+
+    hits = 0
+    for b in range(len(rows)):
+        t, o = targets[targets[:, 0] == b], rows[b]
+        top = (o[:, 4:5] * o[:, 5:]).max(1).values.argsort(descending=True)[:len(t) + 2]
+        iou = box_iou(box_convert(o[top, :4], "cxcywh", "xyxy"), box_convert(t[:, 2:] * size, "cxcywh", "xyxy"))
+        hits += int(((iou > 0.5) & (o[top, 5:].argmax(1)[:, None] == t[:, 1].long()[None])).any(0).sum())
+    return hits / len(targets)
+
+
+def test_detection_head_fits_a_batch_and_its_decode_finds_the_targets(tmp_path):
+    """[detection] (YOLOv1) as Darknet builds it, a [connected] layer before it: minimising the loss on four
+    images makes the decoded rows find the targets (the loss and the decode agree on every value's
+    meaning; measured 0 -> 0.88 of 8 targets). Training-mode outputs: 40 steps leave BatchNorm's running
+    statistics behind. A 1x1 convolution before [detection] (HEADS) reads the flat vector in C, H, W
+    order, so a cell's values come from other places of the map: it learns far more slowly."""
+    cfg = tmp_path / "d.cfg"
+    cfg.write_text("[net]\nwidth=64\nheight=64\nchannels=3\n\n" + BACKBONE + "[connected]\noutput=208\n"
+                   "activation=linear\n\n" + HEADS["detection"].split("\n\n")[-1])
+    torch.manual_seed(0)
+    model = Darknet(cfg, warn_unused=False).train()
+    head, loss_fn = model.heads[0], YOLOLoss(model)
+    x, t = shapes_batch(4)
+    with torch.no_grad():
+        before = found(head.decode(model(x)[0]), t, 64)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(40):
+        loss, _ = loss_fn(model(x), t, (64, 64))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        after = found(head.decode(model(x)[0]), t, 64)
+    assert before < 0.3 and after >= 0.6, (before, after)
+
+
 def test_the_loss_of_an_empty_image_only_pulls_objectness_down(tmp_path):
     for kind in sorted(HEADS):
         cfg = tmp_path / f"{kind}.cfg"
