@@ -127,36 +127,51 @@ def same_bytes(a: Path, b: Path) -> bool:
 
 
 def calibrate_bn(model: Darknet, x: torch.Tensor, seed: int = 0) -> Darknet:
-    """Random but well-scaled BatchNorm for comparisons on random weights (the generic form of
-    test_parity_opencv.randomise_bn): statistics from one training-mode pass over ``x`` (momentum 1),
-    then perturbed; affine terms contracting; each head's last convolution scaled so its raw outputs
-    have unit spread. Every layer's output then stays of order one however deep the net is, so a
-    relative comparison layer by layer means the same at layer 5 and at layer 300."""
+    """Random but well-scaled BatchNorm for comparisons on random weights (a generic form of
+    test_parity_opencv.randomise_bn): in one eval forward over ``x``, each BatchNorm, in the order the
+    net runs them, takes the statistics of the input it is given (then perturbed) and contracting affine
+    terms; each head's last convolution is then scaled so its raw outputs have unit spread. Every
+    layer's output stays of order one however deep the net (the statistics are those of the eval
+    forward itself, not of a training pass whose maps differ), so a relative comparison layer by layer
+    means the same at layer 5 and at layer 300."""
     g = torch.Generator().manual_seed(seed)
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+
+    def set_stats(m: nn.BatchNorm2d, args: tuple) -> None:
+        n = m.num_features
+        mean = args[0].mean((0, 2, 3))
+        var = args[0].var((0, 2, 3), unbiased=False)
+        # on a small map a few values give some channels a near-zero variance: dividing by it would
+        # amplify float noise (and any difference) at every later layer, so no channel goes under a
+        # quarter of the layer's mean
+        var = var.clamp_min(0.25 * float(var.mean()) + 1e-6)
+        m.running_mean.copy_(mean + torch.randn(n, generator=g) * 0.05 * var.sqrt())
+        m.running_var.copy_(var * (torch.rand(n, generator=g) * 0.4 + 0.8))
+        m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.5)
+        m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+
     with torch.no_grad():
-        for m in bns:
-            m.momentum = 1.0
-        model.train()(x)
-        for m in bns:
-            n = m.num_features
-            m.momentum = 0.03
-            m.running_mean.add_(torch.randn(n, generator=g) * 0.05 * m.running_var.sqrt())
-            m.running_var.mul_(torch.rand(n, generator=g) * 0.4 + 0.8)
-            m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.5)
-            m.bias.copy_(torch.randn(n, generator=g) * 0.1)
-        model.eval()
+        bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+        hooks = [m.register_forward_pre_hook(set_stats) for m in bns]
+        try:
+            model.eval()(x)
+        finally:
+            for h in hooks:
+                h.remove()
         blocks = list(model.module_list)
+        convs = []
         for head in model.heads:
             units = list(blocks[blocks.index(head) - 1].weight_units())
-            if not units or not isinstance(units[-1], tuple) or units[-1][1] is not None:
-                continue  # not a plain convolution with biases right before the head
-            conv = units[-1][0]
-            raw: list[torch.Tensor] = []
-            hook = conv.register_forward_hook(lambda mod, inp, out: raw.append(out))
+            if units and isinstance(units[-1], tuple) and units[-1][1] is None:
+                convs.append(units[-1][0])  # a plain convolution with biases right before the head
+        raw: dict[nn.Module, torch.Tensor] = {}
+        hooks = [c.register_forward_hook(lambda mod, inp, out: raw.setdefault(mod, out)) for c in convs]
+        try:
             model(x)
-            hook.remove()
-            std = raw[0].std()
+        finally:
+            for h in hooks:
+                h.remove()
+        for conv in convs:
+            std = raw[conv].std()
             conv.weight.div_(std)
             conv.bias.div_(std)
     return model
@@ -245,13 +260,18 @@ def section_outputs(model: Darknet, x: torch.Tensor) -> list[torch.Tensor]:
 
 def opencv_parity(cfg: Path, tmp: Path, size: int, seed: int = 0) -> dict:
     """Our model and OpenCV's reading of the same cfg and random weights at ``size`` x ``size``, section by
-    section: {'layers': [(index, type, relative error)], 'heads': [(index, error)], 'missing': [...]}.
+    section: {'layers': [(index, type, relative error)], 'heads': [(index, error)], 'chained': [(index,
+    type, error)], 'missing': [(index, type, why)]}.
 
     The model is built from ``cfg`` (resized), its weights are random with calibrated BatchNorm
     (:func:`calibrate_bn`, eps 1e-6 as OpenCV's importer fixes it), saved by our writer and read by
-    OpenCV. A map's relative error is max |ours - OpenCV| / max |OpenCV| over the section's output, so
-    float32 drift on a deep net stays small while a wrong layer is of order one; heads by
-    :func:`head_error`. ``missing``: sections whose output OpenCV does not expose or shapes differ.
+    OpenCV, which gives every section's output (fusion off). ``layers`` and ``heads``: each of our
+    sections alone, fed OpenCV's outputs of the sections it reads, against OpenCV's output of it (a map:
+    max |ours - OpenCV| / max |OpenCV|; a head: :func:`head_error`): float32 rounding, near 1e-6, does
+    not pile up with depth there, while a wrong layer or a weights-stream mix-up is of order one.
+    ``chained``: the same measures for our whole forward from the input (they grow with depth: a random
+    net at unit gain amplifies rounding differences, ~1e-2 after 200 layers). ``missing``: sections
+    OpenCV gives no comparable output for.
     """
     import cv2
 
@@ -262,7 +282,7 @@ def opencv_parity(cfg: Path, tmp: Path, size: int, seed: int = 0) -> dict:
         warnings.simplefilter("ignore")
         model = Darknet(ours_cfg, warn_unused=False)
     rng = np.random.default_rng(seed)
-    batch = torch.from_numpy(rng.random((2, model.net.channels, size, size), dtype=np.float32))
+    batch = torch.from_numpy(rng.random((8, model.net.channels, size, size), dtype=np.float32))
     calibrate_bn(model, batch, seed)
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
@@ -279,24 +299,36 @@ def opencv_parity(cfg: Path, tmp: Path, size: int, seed: int = 0) -> dict:
     wanted = [i for i in range(len(ours)) if i in names]
     net.setInput(x.numpy())
     theirs = dict(zip(wanted, net.forward([names[i] for i in wanted])))
-    result: dict = {"layers": [], "heads": [], "missing": []}
+    # OpenCV's maps as tensors of our shapes (a [connected]: (1, n) there, (1, n, 1, 1) here)
+    maps = {i: torch.from_numpy(t.copy()).reshape(ours[i].shape) for i, t in theirs.items()
+            if i < len(ours) and ours[i].dim() == 4 and t.size == ours[i].numel()}
+    result: dict = {"layers": [], "heads": [], "chained": [], "missing": []}
+    x_cv = x  # the main input each section gets, from OpenCV's outputs (a head passes it on)
     for i, (block, section) in enumerate(zip(model.module_list, model.sections)):
-        o = ours[i]
         t = theirs.get(i)
         if t is None:
             result["missing"].append((i, section.type, "no OpenCV output"))
-        elif block in model.heads:
-            o = o[0].numpy()
+            continue
+        with torch.no_grad():  # this section alone, fed OpenCV's outputs of the sections it reads
+            refs = [maps.get(j, ours[j]) for j in block.inputs]
+            alone = block(x_cv, refs) if block.inputs and not block.is_output else block(x_cv)
+        if block in model.heads:
             t = opencv_head_rows(t, block, (size, size))
-            if o.shape != t.shape:
-                result["missing"].append((i, section.type, f"rows {o.shape} vs {t.shape}"))
-            else:
-                result["heads"].append((i, head_error(o, t, (size, size), nms=section.type == "region")))
-        elif tuple(o.shape) != tuple(t.shape):
-            result["missing"].append((i, section.type, f"shape {tuple(o.shape)} vs {tuple(t.shape)}"))
-        else:
-            scale = max(float(np.abs(t).max()), 1e-6)
-            result["layers"].append((i, section.type, float(np.abs(o.numpy() - t).max()) / scale))
+            if ours[i][0].shape != t.shape:
+                result["missing"].append((i, section.type, f"rows {tuple(ours[i][0].shape)} vs {t.shape}"))
+                continue
+            nms = section.type == "region"
+            result["heads"].append((i, head_error(alone[0].numpy(), t, (size, size), nms)))
+            result["chained"].append((i, section.type, head_error(ours[i][0].numpy(), t, (size, size), nms)))
+            continue
+        if i not in maps or tuple(alone.shape) != tuple(maps[i].shape):
+            result["missing"].append((i, section.type, f"shape {tuple(ours[i].shape)} vs {tuple(t.shape)}"))
+            continue
+        t = maps[i]
+        scale = max(float(t.abs().max()), 1e-6)
+        result["layers"].append((i, section.type, float((alone - t).abs().max()) / scale))
+        result["chained"].append((i, section.type, float((ours[i] - t).abs().max()) / scale))
+        x_cv = t
     return result
 
 

@@ -3,17 +3,22 @@
 For each image model: it builds (on the meta device, nothing allocated) with no unused-key warning,
 ``yolo.info`` gives a row for every section, its weights round-trip byte for byte (random floats of
 exactly ``num_weight_floats()`` written as a Darknet file, loaded, saved again), ``yolo.partial`` cuts
-it at a layer; every detector that OpenCV's Darknet importer reads gives OpenCV's outputs on random
-weights at a small size, section by section. The 5 character-level text models are refused.
+it at a layer; every detector (and other image model) that OpenCV's Darknet importer reads gives
+OpenCV's outputs on random weights at a small size, section by section. The 5 character-level text
+models are refused.
 
 Run time: the round trip and the OpenCV comparison are at a small input (the smallest multiple of
 the net's stride from 64 up at which it builds): a convolution's floats do not depend on the size,
 a [connected]/[local] layer's do, so those cfgs round-trip their small-size stream. The larger
 models' round trips and most OpenCV comparisons are marked ``slow``.
 
-OpenCV tolerance: every section's output is compared relative to its own largest value (BatchNorm
-calibrated on the input so every layer's output is of order one, :func:`helpers.calibrate_bn`): float32
-drift between two implementations stays near 1e-5 even 300 layers deep, a wrong layer is of order one.
+OpenCV tolerance: each of our sections is run alone on OpenCV's outputs of the sections it reads and
+compared with OpenCV's output of it, relative to that output's largest value (BatchNorm calibrated on
+the input so every layer's output is of order one, :func:`helpers.calibrate_bn`). Chained from the
+input, a deep random net amplifies float32 rounding differences (1e-5 at layer 10, up to 1e-2 by layer
+300: a property of the random net, not of either implementation), so the whole forward is not the
+measure; section by section, rounding stays under 2e-5 at any depth while a wrong layer, a wrong
+input or a weights-stream mix-up is of order one.
 """
 from __future__ import annotations
 
@@ -34,7 +39,6 @@ from helpers import (
     ZOO_CFGS,
     ZOO_TEXT_MODELS,
     opencv_parity,
-    small_size,
     weights_round_trip,
     zoo_kind,
     zoo_small_cfg,
@@ -51,13 +55,15 @@ REFUSED = {
 TEXT_REFUSAL = r"\(text\) model|text model"
 
 #: cfg -> reason, for those that still fail here while a fix is under way (xfail, not strict: emptied as
-#: the fixes land)
-XFAIL: dict[str, str] = {}
+#: the fixes land); "cfg::test" (build, round_trip, opencv) marks one test of the cfg only
+XFAIL: dict[str, str] = {
+    "yolov4-tiny_contrastive.cfg::build": "[route] onlyforward= (a training key) is not read yet",
+}
 
 #: cfg -> the CfgWarning it gives, as Darknet reads the file (not the reader's mistake: the cfg's own)
 CFG_WARNINGS = {
-    "cspx-p7-mish.cfg": r"mask|anchor",
-    "cspx-p7-mish_hp.cfg": r"spaces|mask|anchor",
+    "cspx-p7-mish.cfg": r"mask indices .* past num",
+    "cspx-p7-mish_hp.cfg": r"space inside a number|mask indices .* past num|missing to 0",
     "yolo9000.cfg": r"repeated",
     "yolov3-openimages.cfg": r"repeated",
     "efficientnet-lite3.cfg": r"repeated",
@@ -69,11 +75,20 @@ CFG_WARNINGS = {
     "resnext152-32x4d.cfg": r"added at a step",
 }
 
-#: detectors OpenCV's importer reads but computes otherwise than Darknet: not compared (reason)
+#: cfgs OpenCV's importer reads but computes otherwise than Darknet: not compared (reason)
+_XNOR = "OpenCV ignores xnor=1 (binary weights and inputs)"
+_RESNET = "OpenCV's Eltwise asserts equal shapes: pjreddie's ResNets add a stride-8 map to a stride-4 one"
 OPENCV_DIFFERS: dict[str, str] = {
-    "tiny-yolo_xnor.cfg": "OpenCV ignores xnor=1 (binary weights and inputs)",
-    "yolov3-tiny_xnor.cfg": "OpenCV ignores xnor=1 (binary weights and inputs)",
+    "tiny-yolo_xnor.cfg": _XNOR,
+    "yolov3-tiny_xnor.cfg": _XNOR,
+    "darknet53_448_xnor.cfg": _XNOR,
     "resnet152_trident.cfg": "OpenCV ignores dilation= and share_index= (TridentNet's shared branches)",
+    "resnet50.cfg": _RESNET,
+    "resnet101.cfg": _RESNET,
+    "resnet152.cfg": _RESNET,
+    "resnext152-32x4d.cfg": _RESNET,
+    "cifar.test.cfg": "OpenCV ignores the [softmax] temperature=3",
+    "go.test.cfg": "OpenCV's [softmax] runs over the channels of each cell, Darknet's over the whole 19x19x1 map",
 }
 
 #: detectors OpenCV 4 reads (cv2.dnn.readNetFromDarknet on the cfg alone); the rest use layers it lacks
@@ -91,12 +106,20 @@ OPENCV_DETECTORS = (
     "yolov4-p6.cfg", "yolov4-tiny-3l.cfg", "yolov4-tiny-custom.cfg", "yolov4-tiny.cfg", "yolov4.cfg",
     "yolov4_new.cfg", "yolov4x-mish.cfg", "yolov7-tiny.cfg", "yolov7.cfg", "yolov7x.cfg",
 )
+#: the other image models OpenCV reads (compared too, in the slow run)
+OPENCV_CLASSIFIERS = (
+    "alexnet.cfg", "cifar.cfg", "cifar.test.cfg", "csdarknet53-omega.cfg", "cspx-p7-mish-omega.cfg", "darknet.cfg",
+    "darknet19.cfg", "darknet19_448.cfg", "darknet53.cfg", "darknet53_448_xnor.cfg", "densenet201.cfg",
+    "efficientnet_b0.cfg", "extraction.cfg", "extraction.conv.cfg", "extraction22k.cfg", "go.test.cfg",
+    "jnet-conv.cfg", "resnet101.cfg", "resnet152.cfg", "resnet50.cfg", "resnext152-32x4d.cfg", "tiny.cfg",
+    "vgg-16.cfg", "vgg-conv.cfg", "writing.cfg",
+)
 #: compared in the fast run: one of each head and layer mix ([region], shortcut, route groups, SPP
 #: pools, logistic heads, mish, scale_channels + avgpool, new_coords)
 OPENCV_FAST = frozenset({"yolov2-tiny.cfg", "yolov3-tiny-prn.cfg", "yolov4-tiny.cfg", "yolov7-tiny.cfg",
                          "enet-coco.cfg", "yolov4-csp-s-mish.cfg"})
-LAYER_RTOL = 1e-4  # a section's max |ours - OpenCV| over its max |OpenCV|
-HEAD_ATOL = 1e-3  # boxes (as fractions of the input), objectness, scores
+LAYER_RTOL = 1e-4  # a section's max |ours - OpenCV| over its max |OpenCV| (measured: at most 2e-5)
+HEAD_ATOL = 1e-4  # boxes (as fractions of the input), objectness, scores (measured: at most 1e-6)
 
 #: round-tripped in the fast run: the cfgs of at most ~10 M floats at their small size
 ROUND_TRIP_FAST = frozenset({
@@ -110,12 +133,14 @@ ROUND_TRIP_FAST = frozenset({
 IMAGE_CFGS = [n for n in ZOO_CFGS if n not in ZOO_TEXT_MODELS and n not in REFUSED]
 
 
-def cases(names, slow: frozenset[str] | None = None) -> list:
-    """pytest params named by cfg, xfail where XFAIL lists them, slow unless in ``slow``'s complement."""
+def cases(names, test: str, fast: frozenset[str] | None = None) -> list:
+    """pytest params named by cfg, xfail where XFAIL lists the cfg (or the cfg for ``test``), slow
+    where ``fast`` is given and does not hold the cfg."""
     params = []
     for n in names:
-        marks = [pytest.mark.xfail(reason=XFAIL[n], strict=False)] if n in XFAIL else []
-        if slow is not None and n not in slow:
+        reason = XFAIL.get(n) or XFAIL.get(f"{n}::{test}")
+        marks = [pytest.mark.xfail(reason=reason, strict=False)] if reason else []
+        if fast is not None and n not in fast:
             marks.append(pytest.mark.slow)
         params.append(pytest.param(n, marks=marks, id=n))
     return params
@@ -148,7 +173,7 @@ def test_the_zoo_is_the_listed_cfgs():
     assert sum(zoo_kind(n) == "detector" for n in ZOO_CFGS) == 55 + 8
 
 
-@pytest.mark.parametrize("name", cases(IMAGE_CFGS))
+@pytest.mark.parametrize("name", cases(IMAGE_CFGS, "build"))
 def test_builds_without_unused_keys(name):
     """Builds on the meta device; no key is left unread; the only other warnings are a classifier's
     'no [yolo] section' and the CfgWarnings the cfg's own text earns; yolo.info has every section's row."""
@@ -172,14 +197,14 @@ def test_builds_without_unused_keys(name):
     assert total_bflops(rows) > 0
 
 
-@pytest.mark.parametrize("name", cases(sorted(ZOO_TEXT_MODELS)))
+@pytest.mark.parametrize("name", cases(sorted(ZOO_TEXT_MODELS), "refused"))
 def test_text_models_are_refused(name):
     with pytest.raises(ConfigError, match=TEXT_REFUSAL) as e:
         Darknet(ZOO / name)
     assert name in str(e.value)
 
 
-@pytest.mark.parametrize("name", cases(sorted(REFUSED)))
+@pytest.mark.parametrize("name", cases(sorted(REFUSED), "refused"))
 def test_refused_with_a_clear_message(name):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -187,7 +212,7 @@ def test_refused_with_a_clear_message(name):
             Darknet(ZOO / name)
 
 
-@pytest.mark.parametrize("name", cases(IMAGE_CFGS, slow=ROUND_TRIP_FAST))
+@pytest.mark.parametrize("name", cases(IMAGE_CFGS, "round_trip", ROUND_TRIP_FAST))
 def test_weights_round_trip_and_partial(name, tmp_path):
     """Random floats, exactly as many as the net reads, in a Darknet file: loaded and saved again, the
     same bytes (header and ``seen`` included); ``yolo.partial`` at the middle section writes the header
@@ -202,15 +227,17 @@ def test_weights_round_trip_and_partial(name, tmp_path):
     assert r.partial_is_prefix
 
 
-@pytest.mark.parametrize("name", cases(OPENCV_DETECTORS, slow=OPENCV_FAST))
-def test_detector_matches_opencv(name, tmp_path):
-    """OpenCV's Darknet importer and ours on the same random weights, every section's output (maps
-    relative to their largest value, heads' boxes / objectness / scores absolute)."""
+@pytest.mark.parametrize("name", cases(OPENCV_DETECTORS + OPENCV_CLASSIFIERS, "opencv", OPENCV_FAST))
+def test_matches_opencv(name, tmp_path):
+    """OpenCV's Darknet importer and ours on the same random weights (our file), every section: ours
+    alone fed OpenCV's outputs of the sections it reads, against OpenCV's output of it (maps relative
+    to their largest value, heads' boxes / objectness / scores absolute)."""
     pytest.importorskip("cv2")
     if name in OPENCV_DIFFERS:
         pytest.skip(OPENCV_DIFFERS[name])
     full, _ = meta_build(name)
-    result = opencv_parity(ZOO / name, tmp_path, small_size(full.max_stride))
+    _, size = zoo_small_cfg(name, tmp_path / "size", full.max_stride, full.net.width)
+    result = opencv_parity(ZOO / name, tmp_path, size)
     assert not result["missing"], result["missing"]
     assert len(result["heads"]) == len(full.heads)
     assert len(result["layers"]) + len(result["heads"]) == len(full.module_list)
