@@ -444,3 +444,13 @@ def test_stopbackward_is_read_and_kept(tmp_path) -> None:
     assert isinstance(model.module_list[0], Convolutional)
     with pytest.raises(ConfigError, match=r"key 'stopbackward'.*>= 0"):
         build(tmp_path, "[convolutional]\nfilters=4\nsize=1\nstopbackward=-1\n")
+
+
+@needs_golden
+def test_opencv_engine_refuses_share_index() -> None:
+    """OpenCV's importer would read weights a sharing layer does not own: the engine refuses, naming the key."""
+    from yolo.backends.opencv import opencv_problem
+    from yolo.cfg import parse_cfg
+
+    problem = opencv_problem(parse_cfg(GOLDEN / "share_index" / "share_index.cfg"))
+    assert problem is not None and "share_index" in problem

@@ -32,7 +32,10 @@ OPENCV_SECTIONS = frozenset({"net", "network", "convolutional", "conv", "connect
 OPENCV_ACTIVATIONS = frozenset({"linear", "leaky", "relu", "mish", "swish", "logistic"})
 #: keys of ours (or of Darknet) that OpenCV would silently ignore, changing the result
 #: (measured: OpenCV 4.14 ignores ``dilation``, so a dilated convolution gives other outputs)
-REFUSED_KEYS = {"convolutional": {"asymmetric": "0", "deform": "0", "xnor": "0", "dilation": "1"},
+# key -> the value OpenCV assumes; share_index has no neutral value (its mere presence shares a layer's
+# weights, which the importer does not do: it would read weights the file does not hold)
+REFUSED_KEYS = {"convolutional": {"asymmetric": "0", "deform": "0", "xnor": "0", "dilation": "1",
+                                  "share_index": "none"},
                 "conv": {"asymmetric": "0", "dilation": "1"}}
 
 
