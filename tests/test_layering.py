@@ -212,10 +212,12 @@ def test_library_code_does_not_raise_the_cli_error():
 # ---------------------------------------------------------------------------------------------
 # issue 19: the inference path imports no torch at module level (torch only where its engine runs)
 # ---------------------------------------------------------------------------------------------
-#: the modules detect.py on an .onnx or a plain Darknet cfg goes through
+#: the modules detect.py and test.py on an .onnx or a plain Darknet cfg go through
 TORCH_FREE = ("yolo.detector", "yolo.detect_inputs", "yolo.sources", "yolo.outputs", "yolo.boxes",
               "yolo.backends", "yolo.backends.base", "yolo.backends.ort", "yolo.backends.opencv",
-              "yolo.backends.pytorch", "yolo.weights_file", "yolo.cli.detect", "yolo.cli.common")
+              "yolo.backends.pytorch", "yolo.backends.auto", "yolo.weights_file", "yolo.cli.detect",
+              "yolo.cli.common", "yolo.cli.test", "yolo.evaluate", "yolo.eval_data", "yolo.sharding",
+              "yolo.classify")
 
 
 def module_level_imports(path: Path, name: str, is_package: bool, known: set[str]) -> set[str]:
