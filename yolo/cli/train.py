@@ -18,7 +18,6 @@ from typing import Any, Sequence
 
 from ..checkpoint import latest_checkpoint, load_checkpoint, load_training_checkpoint, run_id
 from ..datasets import DataError
-from ..distributed import restart_count
 from ..hyp import HypError
 from ..params import Param, params
 from ..trainer import TrainingError, TrainOptions, TrainSetupError, resume_options, train
@@ -72,11 +71,13 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def elastic_resume(out: Path) -> str | None:
-    """The checkpoint a restarted torchrun worker group continues from: the latest in ``out``
-    when torchrun restarted the group (``TORCHELASTIC_RESTART_COUNT`` > 0) and that checkpoint
-    was written by this same torchrun run (its rendezvous id); else None (a new run, which
-    refuses a folder holding another run)."""
-    if restart_count() <= 0 or not out.is_dir():
+    """The checkpoint a restarted torchrun worker group continues from: the latest in ``out`` when
+    that checkpoint was written by this same torchrun run (its rendezvous id, ``--rdzv-id``); else
+    None (a new run, which refuses a folder holding another run). Not ``TORCHELASTIC_RESTART_COUNT``:
+    each node's agent counts its own restarts, and one that restarts because another node failed
+    sees 0, so its ranks would start over while the others resume (a requeued SLURM job, the
+    same id, continues too)."""
+    if run_id() is None or not out.is_dir():
         return None
     path = latest_checkpoint(out)
     if path is None:
