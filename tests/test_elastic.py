@@ -140,6 +140,24 @@ def test_killed_worker_group_is_restarted_and_resumes(tmp_path):
     assert len(step_checkpoints(out)) <= 2  # --keep
 
 
+def test_elastic_resume_follows_the_run_id_not_the_restart_count(tmp_path, monkeypatch):
+    """Each node's agent counts its own restarts: one restarted because another node failed sees
+    TORCHELASTIC_RESTART_COUNT=0 (seen with two agents here), and its ranks must resume all the same."""
+    from yolo.checkpoint import save_checkpoint, step_checkpoint_path
+    from yolo.cli.train import elastic_resume
+
+    path = step_checkpoint_path(tmp_path, 4)
+    save_checkpoint({"model": {}, "run_id": "job-7", "step": 4}, path)
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-7")
+    assert elastic_resume(tmp_path) == str(path)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-8")  # another torchrun run: refused later, not resumed
+    assert elastic_resume(tmp_path) is None
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID")  # no torchrun: --resume by hand
+    assert elastic_resume(tmp_path) is None
+    assert elastic_resume(tmp_path / "absent") is None
+
+
 def test_sigkilled_run_resumes_from_step_checkpoint_exactly(tmp_path):
     data = make_dataset(tmp_path / "shapes", n_train=128, n_valid=8, size=64)
     common = ["--epochs", "2", "--batch-size", "4", "--seed", "3", "--save-period", "3"]

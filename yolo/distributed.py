@@ -4,7 +4,7 @@ Without torchrun (``WORLD_SIZE`` unset or 1) every helper is a no-op, so the tra
 path. gloo on CPU, NCCL on CUDA; every rank evaluates its share of the validation images
 (``yolo.sharding``), rank 0 scores them and alone writes files. Under torchrun's elastic agent
 (``--max-restarts``) a restarted worker group continues from the run's latest checkpoint
-(``is_restart``, ``yolo.cli.train``), and each worker group joins over a store of its own
+(``yolo.cli.train.elastic_resume``), and each worker group joins over a store of its own
 (``group_store``): the one torchrun shares outlives restarts with the old group's keys in it.
 """
 from __future__ import annotations
@@ -32,14 +32,6 @@ def world_size() -> int:
 
 def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
-
-
-def restart_count() -> int:
-    """How many times torchrun restarted this worker group (``TORCHELASTIC_RESTART_COUNT``; 0 at first)."""
-    try:
-        return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
-    except ValueError:
-        return 0
 
 
 def unwrap(model: nn.Module) -> nn.Module:
