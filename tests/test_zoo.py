@@ -56,9 +56,7 @@ TEXT_REFUSAL = r"\(text\) model|text model"
 
 #: cfg -> reason, for those that still fail here while a fix is under way (xfail, not strict: emptied as
 #: the fixes land); "cfg::test" (build, round_trip, opencv) marks one test of the cfg only
-XFAIL: dict[str, str] = {
-    "yolov4-tiny_contrastive.cfg::build": "[route] onlyforward= (a training key) is not read yet",
-}
+XFAIL: dict[str, str] = {}
 
 #: cfg -> the CfgWarning it gives, as Darknet reads the file (not the reader's mistake: the cfg's own)
 CFG_WARNINGS = {
@@ -89,6 +87,8 @@ OPENCV_DIFFERS: dict[str, str] = {
     "resnext152-32x4d.cfg": _RESNET,
     "cifar.test.cfg": "OpenCV ignores the [softmax] temperature=3",
     "go.test.cfg": "OpenCV's [softmax] runs over the channels of each cell, Darknet's over the whole 19x19x1 map",
+    "vgg-16.cfg": "OpenCV reads the cfg and our weights, but its forward asserts: conv_2 holds no weights "
+                  "(convolution_layer.cpp:369, at its own 256x256 too)",
 }
 
 #: detectors OpenCV 4 reads (cv2.dnn.readNetFromDarknet on the cfg alone); the rest use layers it lacks
@@ -114,10 +114,10 @@ OPENCV_CLASSIFIERS = (
     "jnet-conv.cfg", "resnet101.cfg", "resnet152.cfg", "resnet50.cfg", "resnext152-32x4d.cfg", "tiny.cfg",
     "vgg-16.cfg", "vgg-conv.cfg", "writing.cfg",
 )
-#: compared in the fast run: one of each head and layer mix ([region], shortcut, route groups, SPP
+#: compared in the fast run: one of each head and layer mix ([region], shortcut, grouped convs, SPP
 #: pools, logistic heads, mish, scale_channels + avgpool, new_coords)
-OPENCV_FAST = frozenset({"yolov2-tiny.cfg", "yolov3-tiny-prn.cfg", "yolov4-tiny.cfg", "yolov7-tiny.cfg",
-                         "enet-coco.cfg", "yolov4-csp-s-mish.cfg"})
+OPENCV_FAST = frozenset({"yolov2-tiny.cfg", "yolov3-tiny-prn.cfg", "yolov7-tiny.cfg", "enet-coco.cfg",
+                         "yolov4-csp-s-mish.cfg"})  # yolov4-tiny: end to end in test_parity_opencv.py
 LAYER_RTOL = 1e-4  # a section's max |ours - OpenCV| over its max |OpenCV| (measured: at most 2e-5)
 HEAD_ATOL = 1e-4  # boxes (as fractions of the input), objectness, scores (measured: at most 1e-6)
 
