@@ -402,7 +402,9 @@ def _predict(engine: Backend, loader: Any, nms: Callable[[np.ndarray], list[np.n
     (Engines answer on the CPU, numpy: the time of a GPU engine includes its copy back.)"""
     outputs: dict[int, tuple[np.ndarray, Geometry]] = {}
     seconds = {"preprocess": 0.0, "inference": 0.0, "nms": 0.0}
-    for batch in tqdm(loader, desc="test", unit="batch", disable=not verbose, leave=False):
+    bar = tqdm(total=len(records), desc="test", unit="img", disable=not verbose, leave=False)
+    for batch in loader:
+        bar.update(len(batch.skipped))
         for i, reason in batch.skipped:
             problems.add("unreadable image", f"{records[i].path}: {reason}; skipped (left out of the "
                                              "ground truth too)")
@@ -416,6 +418,8 @@ def _predict(engine: Backend, loader: Any, nms: Callable[[np.ndarray], list[np.n
         seconds["preprocess"] += batch.preprocess_s
         seconds["inference"] += t2 - t1
         seconds["nms"] += time.perf_counter() - t2
+        bar.update(len(batch.indices))  # once predicted, not when read ahead
+    bar.close()
     return _Predictions(outputs, seconds)
 
 
