@@ -9,8 +9,11 @@ models are refused.
 
 Run time: the round trip and the OpenCV comparison are at a small input (the smallest multiple of
 the net's stride from 64 up at which it builds): a convolution's floats do not depend on the size,
-a [connected]/[local] layer's do, so those cfgs round-trip their small-size stream. The larger
-models' round trips and most OpenCV comparisons are marked ``slow``.
+a [connected]/[local] layer's do, so those cfgs round-trip their small-size stream. Three tiers: the
+fast run (~1 min on 2 cores: every build, the small nets' round trips, info tables and 5 OpenCV
+comparisons), ``slow`` (a few minutes more: every info table, a round trip and an OpenCV comparison
+of the mid-size nets and of each layer mix of its own) and, with YOLO_ZOO_FULL=1, the largest nets too
+(~12 min more; ``benchmarks/zoo_status.py`` runs the same checks on every cfg and prints the table).
 
 OpenCV tolerance: each of our sections is run alone on OpenCV's outputs of the sections it reads and
 compared with OpenCV's output of it, relative to that output's largest value (BatchNorm calibrated on
@@ -23,6 +26,7 @@ input or a weights-stream mix-up is of order one.
 from __future__ import annotations
 
 import functools
+import os
 import re
 import warnings
 
@@ -131,18 +135,44 @@ ROUND_TRIP_FAST = frozenset({
     "yolov1/tiny-coco.cfg", "yolov1/tiny-yolo.cfg", "yolov1/xyolo.test.cfg",
 })
 
+#: the slow run's share of the rest (a few minutes; each a few seconds, or a layer mix of its own:
+#: TridentNet's share_index, [sam] + [reorg3d], [Gaussian_yolo], YOLOv1's [local]); the largest nets run
+#: with YOLO_ZOO_FULL=1
+ROUND_TRIP_SLOW = frozenset({
+    "alexnet.cfg", "csdarknet53-omega.cfg", "csresnext50-panet-spp.cfg", "darknet19.cfg", "darknet19_448.cfg",
+    "darknet53.cfg", "darknet53_448_xnor.cfg", "densenet201.cfg", "extraction.cfg", "extraction.conv.cfg",
+    "jnet-conv.cfg", "resnet101.cfg", "resnet50.cfg", "t1.test.cfg", "tiny-yolo-voc.cfg", "tiny-yolo.cfg",
+    "tiny-yolo_xnor.cfg", "vgg-conv.cfg", "yolo-voc.2.0.cfg", "yolo-voc.cfg", "yolo.cfg", "yolov1/yolo.cfg",
+    "yolov2-tiny-voc.cfg", "yolov2-tiny.cfg", "yolov2-voc.cfg", "yolov2.cfg", "yolov3-tiny_occlusion_track.cfg",
+    "yolov3-voc.cfg", "yolov7.cfg", "yolov4.cfg", "resnet152_trident.cfg", "yolov4-sam-mish-csp-reorg-bfm.cfg",
+    "Gaussian_yolov3_BDD.cfg", "yolov1/yolo-coco.cfg",
+})
+OPENCV_SLOW = frozenset({
+    "alexnet.cfg", "cifar.cfg", "darknet.cfg", "darknet19.cfg", "darknet19_448.cfg", "darknet53.cfg",
+    "efficientnet_b0.cfg", "extraction.cfg", "extraction.conv.cfg", "extraction22k.cfg", "jnet-conv.cfg",
+    "tiny-yolo-voc.cfg", "tiny-yolo.cfg", "tiny.cfg", "vgg-conv.cfg", "writing.cfg", "yolo-voc.cfg", "yolo.cfg",
+    "yolov2-tiny-voc.cfg", "yolov2-voc.cfg", "yolov2.cfg", "yolov3-tiny.cfg", "yolov3-tiny_3l.cfg",
+    "yolov3-tiny_obj.cfg", "yolov4-tiny-3l.cfg", "yolov4-tiny-custom.cfg", "yolov4-tiny.cfg", "yolov4.cfg",
+    "yolov7.cfg",
+})
+FULL = os.environ.get("YOLO_ZOO_FULL", "") not in ("", "0")
+
 IMAGE_CFGS = [n for n in ZOO_CFGS if n not in ZOO_TEXT_MODELS and n not in REFUSED]
 
 
-def cases(names, test: str, fast: frozenset[str] | None = None) -> list:
-    """pytest params named by cfg, xfail where XFAIL lists the cfg (or the cfg for ``test``), slow
-    where ``fast`` is given and does not hold the cfg."""
+def cases(names, test: str, fast: frozenset[str] | None = None, slow: frozenset[str] = frozenset()) -> list:
+    """pytest params named by cfg, xfail where XFAIL lists the cfg (or the cfg for ``test``). Where
+    ``fast`` is given, a cfg not in it is slow, and one in neither ``fast`` nor ``slow`` runs only with
+    YOLO_ZOO_FULL=1 (the largest nets: minutes in all)."""
     params = []
     for n in names:
         reason = XFAIL.get(n) or XFAIL.get(f"{n}::{test}")
         marks = [pytest.mark.xfail(reason=reason, strict=False)] if reason else []
         if fast is not None and n not in fast:
             marks.append(pytest.mark.slow)
+            if n not in slow:
+                marks.append(pytest.mark.skipif(not FULL, reason="a large zoo net: set YOLO_ZOO_FULL=1 to run it "
+                                                "(benchmarks/zoo_status.py checks every cfg)"))
         params.append(pytest.param(n, marks=marks, id=n))
     return params
 
@@ -172,6 +202,10 @@ def test_the_zoo_is_the_listed_cfgs():
     assert sum("/" not in n for n in ZOO_CFGS) == 87 and sum("/" in n for n in ZOO_CFGS) == 8
     assert {zoo_kind(n) for n in ZOO_TEXT_MODELS} == {"text"}
     assert sum(zoo_kind(n) == "detector" for n in ZOO_CFGS) == 55 + 8
+    assert ROUND_TRIP_FAST | ROUND_TRIP_SLOW <= set(IMAGE_CFGS)  # the tiers name real cfgs
+    assert OPENCV_FAST | OPENCV_SLOW | set(OPENCV_DIFFERS) <= set(OPENCV_DETECTORS + OPENCV_CLASSIFIERS)
+    assert all(zoo_kind(n) == "detector" for n in OPENCV_DETECTORS)
+    assert not any(zoo_kind(n) == "detector" for n in OPENCV_CLASSIFIERS)
 
 
 @pytest.mark.parametrize("name", cases(IMAGE_CFGS, "build"))
@@ -194,7 +228,7 @@ def test_builds_without_unused_keys(name):
     assert model.num_weight_floats() > 0
 
 
-@pytest.mark.parametrize("name", cases(IMAGE_CFGS, "info", ROUND_TRIP_FAST))
+@pytest.mark.parametrize("name", cases(IMAGE_CFGS, "info", ROUND_TRIP_FAST, frozenset(IMAGE_CFGS)))
 def test_info_has_a_row_per_section(name):
     """yolo.info's layer table at the cfg's size (a meta-device forward: ~1 s for the big nets, so
     those are slow)."""
@@ -220,7 +254,7 @@ def test_refused_with_a_clear_message(name):
             Darknet(ZOO / name)
 
 
-@pytest.mark.parametrize("name", cases(IMAGE_CFGS, "round_trip", ROUND_TRIP_FAST))
+@pytest.mark.parametrize("name", cases(IMAGE_CFGS, "round_trip", ROUND_TRIP_FAST, ROUND_TRIP_SLOW))
 def test_weights_round_trip_and_partial(name, tmp_path):
     """Random floats, exactly as many as the net reads, in a Darknet file: loaded and saved again, the
     same bytes (header and ``seen`` included); ``yolo.partial`` at the middle section writes the header
@@ -235,7 +269,7 @@ def test_weights_round_trip_and_partial(name, tmp_path):
     assert r.partial_is_prefix
 
 
-@pytest.mark.parametrize("name", cases(OPENCV_DETECTORS + OPENCV_CLASSIFIERS, "opencv", OPENCV_FAST))
+@pytest.mark.parametrize("name", cases(OPENCV_DETECTORS + OPENCV_CLASSIFIERS, "opencv", OPENCV_FAST, OPENCV_SLOW))
 def test_matches_opencv(name, tmp_path):
     """OpenCV's Darknet importer and ours on the same random weights (our file), every section: ours
     alone fed OpenCV's outputs of the sections it reads, against OpenCV's output of it (maps relative
