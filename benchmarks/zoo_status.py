@@ -1,6 +1,6 @@
 """The status of every cfg of Darknet's own cfg folder, as a markdown table.
 
-    python benchmarks/zoo_status.py                  # everything (~10 min on 2 cores)
+    python benchmarks/zoo_status.py                  # everything (~15 min on 2 cores)
     python benchmarks/zoo_status.py --quick          # build, floats, BFLOPs, OpenCV reads it, keys (~1 min)
     python benchmarks/zoo_status.py yolov4.cfg ...   # some cfgs only
 
