@@ -70,6 +70,7 @@ def timed(cmd: list[str], cwd: Path) -> float:
 
 
 def variant_args(name: str) -> list[str]:
+    """The command-line flags of a --variants name (bench_test.py uses the same)."""
     if name == "auto":
         return []
     if name == "onnx":

@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_detect import variant_args  # the same variants and their flags as bench_detect.py
+
 ROOT = Path(__file__).resolve().parent.parent
 CFG = ROOT / "cfg" / "yolo-fastest-1.1.cfg"
 WEIGHTS = ROOT / "weights" / "yolo-fastest-1.1.weights"
@@ -86,14 +88,6 @@ def timed(cmd: list[str]) -> tuple[float, str]:
     if proc.returncode:
         sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-2000:]}")
     return wall, proc.stdout
-
-
-def variant_args(name: str) -> list[str]:
-    if name == "auto":
-        return []
-    if name == "onnx":
-        return ["--weights", str(WEIGHTS.with_suffix(".onnx"))]
-    return ["--backend", name]
 
 
 def main() -> int:
